@@ -1,0 +1,3 @@
+from cifar_ablate.run import main
+
+main()

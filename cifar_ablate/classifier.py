@@ -1,0 +1,93 @@
+"""The LightningModule: any architecture, cross-entropy, an optional weight penalty, metrics and logging."""
+from typing import Callable, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from cifar_ablate.penalty import WeightPenalty
+
+
+class Classifier(L.LightningModule):
+    """Trains `model` with `optimizer` (a factory taking the parameters) and an optional LR scheduler.
+
+    `scheduler` is a factory taking the optimizer; `scheduler_interval` says whether it steps every
+    "epoch" or every "step" (batch). Logged: train/loss (data loss only), train/penalty
+    apart from it, train/acc (each _step and _epoch), val/loss, val/acc, val/acc_best, test/loss, test/acc.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Optional[Callable] = None,
+                 scheduler_interval: str = "epoch", penalty: Optional[WeightPenalty] = None,
+                 num_classes: int = 10):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.scheduler_interval = scheduler_interval
+        self.penalty = penalty if penalty is not None and penalty.active else None
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_best = MaxMetric()
+        self.diverged = False
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        n = len(y)
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=n)
+        if self.penalty is not None:
+            penalty = self.penalty()
+            self.log("train/penalty", penalty, on_step=True, on_epoch=True, batch_size=n)
+            loss = loss + penalty
+        return loss
+
+    def on_train_epoch_end(self):
+        epoch_loss = self.trainer.callback_metrics["train/loss_epoch"]
+        # One host sync per epoch: a non-finite loss ends the run as "diverged", a result, not a crash.
+        if not torch.isfinite(epoch_loss):
+            self.diverged = True
+            self.trainer.should_stop = True
+
+    def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy):
+        x, y = batch
+        logits = self(x)
+        accuracy(logits, y)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+        self.log(f"{stage}/acc", accuracy, on_epoch=True, batch_size=len(y))
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val", self.val_acc)
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self.val_acc_best(self.val_acc.compute())
+            self.log("val/acc_best", self.val_acc_best.compute())
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test", self.test_acc)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, **self._scheduler_length())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def _scheduler_length(self) -> dict:
+        """Fill a schedule length left null in the config: OneCycle's total_steps, cosine's T_max."""
+        keywords = getattr(self.scheduler_factory, "keywords", {})
+        steps = int(self.trainer.estimated_stepping_batches)
+        if "total_steps" in keywords and keywords["total_steps"] is None:
+            return {"total_steps": steps}
+        if "T_max" in keywords and keywords["T_max"] is None:
+            return {"T_max": steps if self.scheduler_interval == "step" else self.trainer.max_epochs}
+        return {}

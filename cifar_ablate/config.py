@@ -1,0 +1,126 @@
+"""The config schema (OmegaConf checks types and keys when Hydra composes) and the range checks
+that run before any training.
+
+Groups whose options are keyword arguments of a class (model, optimizer, scheduler, trainer, logger)
+are open mappings here; their keys are fixed by their YAML files, so a misspelt key is still refused.
+"""
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from cifar_ablate.data import CIFAR10_MD5, CIFAR10_URL, MEAN, STD
+from cifar_ablate.errors import ConfigError
+from cifar_ablate.models.activation import ACTIVATIONS
+from cifar_ablate.weight_init import SCHEMES
+
+Loader = Enum("Loader", {name: name for name in ("tensor", "torch")})
+InitScheme = Enum("InitScheme", {name: name for name in SCHEMES})
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"
+    download: bool = False
+    url: str = CIFAR10_URL
+    md5: str = CIFAR10_MD5
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    val_size: int = 5000
+    split_seed: int = 0
+    train_fraction: float = 1.0
+    normalize: bool = True
+    mean: List[float] = field(default_factory=lambda: list(MEAN))
+    std: List[float] = field(default_factory=lambda: list(STD))
+    loader: Loader = Loader.tensor
+    num_workers: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 0
+    flip: bool = False
+    rotation: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+
+
+@dataclass
+class RegularizationConfig:
+    l1: float = 0.0
+    l2: float = 0.0
+    squared: bool = True
+    layers: Optional[List[str]] = None
+
+
+@dataclass
+class InitConfig:
+    scheme: InitScheme = InitScheme.default
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = MISSING
+    seed: int = 0
+    name: Optional[str] = None
+
+
+ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def _require(ok: bool, key: str, value, fits: str):
+    if not ok:
+        raise ConfigError(f"{key}={value}: {fits}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first value that cannot work, before anything is trained."""
+    _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be in [0, 2**32)")
+    model = cfg.model
+    _require(model.get("activation", "relu") in ACTIVATIONS, "model.activation", model.get("activation"),
+             f"must be one of {', '.join(ACTIVATIONS)}")
+    for key in ("dropout", "dropout2"):
+        p = model.get(key)
+        _require(p is None or 0 <= p < 1, f"model.{key}", p, "must be in [0, 1) (0 turns dropout off)")
+
+    opt = cfg.optimizer
+    _require(opt.get("lr", 1) > 0, "optimizer.lr", opt.get("lr"), "must be > 0")
+    _require(opt.get("weight_decay", 0) >= 0, "optimizer.weight_decay", opt.get("weight_decay"), "must be >= 0")
+    _require(0 <= opt.get("momentum", 0) < 1, "optimizer.momentum", opt.get("momentum"), "must be in [0, 1)")
+    _require(cfg.scheduler.get("interval", "epoch") in ("epoch", "step"), "scheduler.interval",
+             cfg.scheduler.get("interval"), "must be epoch or step")
+    _require(cfg.scheduler.get("gamma", 1) > 0, "scheduler.gamma", cfg.scheduler.get("gamma"), "must be > 0")
+
+    data = cfg.data
+    _require(data.batch_size >= 1, "data.batch_size", data.batch_size, "must be >= 1")
+    _require(data.eval_batch_size >= 1, "data.eval_batch_size", data.eval_batch_size, "must be >= 1")
+    _require(data.val_size >= 0, "data.val_size", data.val_size, "must be >= 0 (0 validates on the test set)")
+    _require(0 < data.train_fraction <= 1, "data.train_fraction", data.train_fraction, "must be in (0, 1]")
+    _require(len(data.mean) == 3, "data.mean", list(data.mean), "needs 3 values, one per channel")
+    _require(len(data.std) == 3 and min(data.std) > 0, "data.std", list(data.std), "needs 3 values, all > 0")
+    _require(data.num_workers >= 0, "data.num_workers", data.num_workers, "must be >= 0")
+
+    aug = cfg.augment
+    _require(0 <= aug.crop_padding <= 16, "augment.crop_padding", aug.crop_padding, "must be in [0, 16]")
+    _require(0 <= aug.rotation <= 180, "augment.rotation", aug.rotation, "must be in [0, 180] degrees")
+    for key in ("brightness", "contrast", "saturation"):
+        _require(0 <= aug[key] <= 1, f"augment.{key}", aug[key], "must be in [0, 1]")
+
+    reg = cfg.regularization
+    _require(reg.l1 >= 0, "regularization.l1", reg.l1, "must be >= 0")
+    _require(reg.l2 >= 0, "regularization.l2", reg.l2, "must be >= 0")
+
+    max_epochs = cfg.trainer.get("max_epochs")
+    _require(max_epochs is None or max_epochs >= 1 or cfg.trainer.get("max_steps", -1) > 0,
+             "trainer.max_epochs", max_epochs, "must be >= 1")

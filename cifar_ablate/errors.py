@@ -1,0 +1,13 @@
+"""Errors caused by the user's input: shown as one line and a non-zero exit, never as a traceback."""
+
+
+class UserError(Exception):
+    """A value, file or option the user gave that cannot work; the message names it and what would fit."""
+
+
+class ConfigError(UserError):
+    """A config value out of range or inconsistent with another."""
+
+
+class DataError(UserError):
+    """Missing, truncated or malformed dataset files."""

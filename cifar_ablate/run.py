@@ -1,0 +1,178 @@
+"""One run: check the config, build data, model and trainer from it, train, test, write metrics.json.
+
+`python -m cifar_ablate [overrides]` enters at `main`; with `-m` Hydra calls it once per sweep point.
+"""
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from cifar_ablate.augment import BatchAugment
+from cifar_ablate.classifier import Classifier
+from cifar_ablate.config import check_config
+from cifar_ablate.data import CIFAR10DataModule
+from cifar_ablate.errors import UserError
+from cifar_ablate.penalty import WeightPenalty
+from cifar_ablate.weight_init import init_weights
+
+log = logging.getLogger(__name__)
+
+# Overrides that say where or how a run executes, not what it computes: left out of run names.
+NOT_IN_RUN_NAME = {"data.root", "data.download", "data.url", "data.md5", "data.num_workers",
+                   "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar",
+                   "trainer.enable_model_summary", "logger", "name", "experiment"}
+
+
+def run_name(task_overrides) -> str:
+    """`model=lenet_bn,seed=1` from a run's overrides: a sweep's run dir name and its TensorBoard run."""
+    kept = []
+    for override in task_overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key in NOT_IN_RUN_NAME or key.startswith("hydra."):
+            continue
+        kept.append(f"{key}={value.replace('/', '_')}")
+    return ",".join(kept) or "default"
+
+
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+
+class RunProgress(Callback):
+    """Counts finished epochs, times training, and prints one line per epoch when there is no progress bar."""
+
+    def __init__(self, print_lines: bool):
+        self.print_lines = print_lines
+        self.epochs_done = 0
+        self.train_seconds = 0.0
+        self._start = None
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs_done = trainer.current_epoch + 1
+        if self.print_lines and trainer.is_global_zero:
+            m = trainer.callback_metrics
+            parts = [f"epoch {self.epochs_done}/{trainer.max_epochs}"]
+            parts += [f"{k} {float(m[k]):.4f}" for k in ("train/loss_epoch", "val/loss", "val/acc") if k in m]
+            parts.append(f"{time.perf_counter() - self._start:.1f}s")
+            print("  ".join(parts), flush=True)
+
+    def on_train_end(self, trainer, pl_module):
+        self.train_seconds = time.perf_counter() - self._start
+
+
+def write_json(path: Path, content: dict) -> None:
+    """Write whole or not at all: a reader never sees a half-written file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def build_datamodule(cfg: DictConfig) -> CIFAR10DataModule:
+    data = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
+    data["root"] = hydra.utils.to_absolute_path(data["root"])
+    return CIFAR10DataModule(**data, augment=BatchAugment(**cfg.augment), seed=cfg.seed)
+
+
+def build_classifier(cfg: DictConfig) -> Classifier:
+    model = init_weights(instantiate(cfg.model), cfg.init.scheme.name)
+    penalty = WeightPenalty(model, **OmegaConf.to_container(cfg.regularization))
+    scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    interval = scheduler_cfg.pop("interval")
+    scheduler = instantiate(scheduler_cfg) if scheduler_cfg.get("_target_") else None
+    return Classifier(model, instantiate(cfg.optimizer), scheduler, interval, penalty)
+
+
+def hparams_of(cfg: DictConfig, choices: dict) -> dict:
+    """What the HPARAMS tab shows: the group choices and the values most studies vary."""
+    params = {group: str(choice) for group, choice in choices.items() if not group.startswith("hydra")}
+    params.update({"seed": cfg.seed, "batch_size": cfg.data.batch_size, "lr": cfg.optimizer.lr,
+                   "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "dropout": cfg.model.get("dropout", 0.0),
+                   "l1": cfg.regularization.l1, "l2": cfg.regularization.l2})
+    return params
+
+
+def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    classifier = build_classifier(cfg)  # model weights drawn right after seeding
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.load()  # bad data fails here, before a logger or trainer writes anything
+
+    logger = instantiate(cfg.logger)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if trainer_cfg.get("enable_progress_bar") is None:
+        trainer_cfg["enable_progress_bar"] = sys.stderr.isatty()
+    progress.print_lines = not trainer_cfg["enable_progress_bar"]
+    callbacks = [progress, LearningRateMonitor(),
+                 ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)]
+    trainer = instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+
+    trainer.fit(classifier, datamodule=datamodule)
+    test = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]
+
+    hydra_cfg = HydraConfig.get()
+    metrics = {
+        "status": "diverged" if classifier.diverged else "completed",
+        "test_acc": test["test/acc"],
+        "test_loss": test["test/loss"],
+        "best_val_acc": float(classifier.val_acc_best.compute()),
+        "epochs": progress.epochs_done,
+        "train_seconds": round(progress.train_seconds, 3),
+        "images_per_second": round(progress.epochs_done * datamodule.num_train_images
+                                   / max(progress.train_seconds, 1e-9), 1),
+        "params": sum(p.numel() for p in classifier.model.parameters()),
+        "seed": cfg.seed,
+        "name": cfg.name or run_dir.name,
+        "overrides": list(hydra_cfg.overrides.task),
+        "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
+        "job_num": hydra_cfg.job.get("num", 0),
+    }
+    logger.log_hyperparams(hparams_of(cfg, metrics["choices"]),
+                           {f"hparams/{k}": metrics[k] for k in ("test_acc", "test_loss", "best_val_acc")})
+    logger.finalize("success")
+    return metrics
+
+
+# The config tree lives beside the package (conf/ at the repo root); an absolute path is a file path to Hydra.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> Optional[float]:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    progress = RunProgress(print_lines=False)
+    try:
+        metrics = train(cfg, run_dir, progress)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        # A crashed run is recorded as such; in a sweep the other runs go on and the sweep exits non-zero.
+        log.exception("run failed")
+        write_json(run_dir / "metrics.json", {
+            "status": "failed", "error": f"{type(e).__name__}: {e}", "epoch": progress.epochs_done,
+            "seed": cfg.seed, "overrides": list(hydra_cfg.overrides.task), "job_num": hydra_cfg.job.get("num", 0)})
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        return None
+    write_json(run_dir / "metrics.json", metrics)
+    log.info("%s: test_acc %.4f  best_val_acc %.4f  (%s, %d epochs, %.1f s)", metrics["name"],
+             metrics["test_acc"], metrics["best_val_acc"], metrics["status"], metrics["epochs"],
+             metrics["train_seconds"])
+    return metrics["best_val_acc"]

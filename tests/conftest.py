@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny CIFAR-10 tree in the exact official layout, and a way to run the CLI."""
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+PER_BATCH = 60   # images in each of the 5 training batches
+TEST_IMAGES = 50
+
+
+def fixture_images(n: int, offset: int) -> tuple[np.ndarray, list[int]]:
+    """Known pixels: image i has label i % 10 and every pixel of channel c equal to
+    (37 * (i + offset) + 80 * c + 25 * label) % 256, plus a bright class-specific row, so a small
+    model can learn the labels and every statistic can be computed by hand."""
+    data = np.zeros((n, 3, 32, 32), np.uint8)
+    labels = [(i + offset) % 10 for i in range(n)]
+    for i, y in enumerate(labels):
+        for c in range(3):
+            data[i, c] = (37 * (i + offset) + 80 * c + 25 * y) % 256
+        data[i, :, 3 * y] = 255
+    return data.reshape(n, 3072), labels
+
+
+def write_cifar_tree(root: Path, per_batch: int = PER_BATCH, test_images: int = TEST_IMAGES) -> Path:
+    """Write <root>/cifar-10-batches-py exactly as the official python release lays it out."""
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for b in range(5):
+        data, labels = fixture_images(per_batch, b * per_batch)
+        batch = {"batch_label": f"training batch {b + 1} of 5", "labels": labels, "data": data,
+                 "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)]}
+        (folder / f"data_batch_{b + 1}").write_bytes(pickle.dumps(batch, protocol=2))
+    data, labels = fixture_images(test_images, 10_000)
+    (folder / "test_batch").write_bytes(pickle.dumps(
+        {"batch_label": "testing batch 1 of 1", "labels": labels, "data": data,
+         "filenames": [f"test_{i}.png" for i in range(test_images)]}, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps(
+        {"num_cases_per_batch": per_batch, "label_names": CLASSES, "num_vis": 3072}, protocol=2))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar_tree(root)
+    return root
+
+
+# Settings that make a CLI run take seconds on the fixture.
+FAST = ["trainer.max_epochs=1", "data.val_size=50", "data.batch_size=32", "trainer.accelerator=cpu"]
+
+
+def run_cli(*args: str, cwd: Path, module: str = "cifar_ablate", timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args` as a user types it, in `cwd`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
