@@ -4,6 +4,7 @@
 """
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -14,9 +15,11 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback as HydraCallback
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from cifar_ablate.augment import BatchAugment
 from cifar_ablate.classifier import Classifier
@@ -28,22 +31,25 @@ from cifar_ablate.weight_init import init_weights
 
 log = logging.getLogger(__name__)
 
-# Overrides that say where or how a run executes, not what it computes: left out of run names.
-NOT_IN_RUN_NAME = {"data.root", "data.download", "data.url", "data.md5", "data.num_workers",
-                   "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar",
-                   "trainer.enable_model_summary", "logger", "name", "experiment"}
+def run_name(override_dirname: str, job_num: int) -> str:
+    """A sweep's run dir name (and TensorBoard run name): Hydra's override_dirname, e.g. `model=lenet_bn`."""
+    return override_dirname.replace("/", "_") or f"run{job_num}"
 
 
-def run_name(task_overrides) -> str:
-    """`model=lenet_bn,seed=1` from a run's overrides: a sweep's run dir name and its TensorBoard run."""
-    kept = []
-    for override in task_overrides:
-        key, _, value = override.partition("=")
-        key = key.lstrip("+~")
-        if key in NOT_IN_RUN_NAME or key.startswith("hydra."):
-            continue
-        kept.append(f"{key}={value.replace('/', '_')}")
-    return ",".join(kept) or "default"
+class RunNaming(HydraCallback):
+    """Names each run of a sweep by what varies: overrides given one value for the whole sweep
+    (trainer.max_epochs=1, +experiment=...) join hydra.job.config.override_dirname.exclude_keys."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs):
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        fixed = [o.key_or_group for o in overrides if not o.is_sweep_override()]
+        if not fixed:
+            return
+        excluded = list(config.hydra.job.config.override_dirname.exclude_keys) + fixed
+        # Hydra re-applies its own overrides to every job's config (load_sweep_config).
+        with read_write(config.hydra):
+            config.hydra.overrides.hydra.append(
+                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]")
 
 
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
@@ -75,9 +81,11 @@ class RunProgress(Callback):
 
 
 def write_json(path: Path, content: dict) -> None:
-    """Write whole or not at all: a reader never sees a half-written file."""
+    """Write whole or not at all: a reader never sees a half-written file. NaN and inf become null
+    (strict JSON); a diverged run says so in its status."""
+    content = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in content.items()}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    tmp.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 

@@ -62,3 +62,18 @@ def run_cli(*args: str, cwd: Path, module: str = "cifar_ablate", timeout: int = 
     env.pop("HYDRA_FULL_ERROR")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture
+def compose_config():
+    """Compose the run config as Hydra does for `python -m cifar_ablate <overrides>`."""
+    from hydra import compose, initialize_config_dir
+
+    import cifar_ablate.config  # noqa: F401  (registers the schema)
+    from cifar_ablate.run import CONFIG_DIR
+
+    def _compose(overrides=(), return_hydra_config=False):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+    return _compose

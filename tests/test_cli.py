@@ -1,0 +1,134 @@
+"""End to end, as a user types it: single runs, sweeps, their files, and bad input."""
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import FAST, run_cli
+
+RUN_KEYS = {"status", "test_acc", "best_val_acc", "test_loss", "epochs", "train_seconds",
+            "images_per_second", "params", "overrides"}
+
+
+def tensorboard_tags(run_dir: Path) -> set:
+    tags = set()
+    for event_file in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | {f"tensor:{t}" for t in acc.Tags()["tensors"]}
+    return tags
+
+
+def test_single_run_writes_metrics_and_tensorboard_logs(tmp_path, cifar_root):
+    result = run_cli(f"data.root={cifar_root}", *FAST, "trainer.log_every_n_steps=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dirs = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(run_dirs) == 1 and re.fullmatch(r"\d{4}-\d\d-\d\d", run_dirs[0].parent.name)
+    run_dir = run_dirs[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert RUN_KEYS <= set(metrics)
+    assert metrics["status"] == "completed" and metrics["epochs"] == 1 and metrics["params"] == 62_006
+    assert 0 <= metrics["test_acc"] <= 1 and 0 <= metrics["best_val_acc"] <= 1
+    assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
+    assert f"data.root={cifar_root}" in metrics["overrides"]
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    tags = tensorboard_tags(run_dir)
+    assert {"train/loss_step", "train/loss_epoch", "train/acc_step", "train/acc_epoch", "val/loss", "val/acc",
+            "test/loss", "test/acc", "lr-SGD", "hparams/test_acc", "hparams/best_val_acc"} <= tags
+    assert "hp_metric" not in tags
+    # Not a terminal: epoch lines instead of a progress bar.
+    assert "epoch 1/1" in result.stdout
+
+
+def test_sweep_over_three_models(tmp_path, cifar_root):
+    result = run_cli("-m", "model=lenet,lenet_dropout,lenet_bn", f"data.root={cifar_root}", *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweeps = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert len(sweeps) == 1
+    sweep = sweeps[0]
+    names = ["model=lenet", "model=lenet_dropout", "model=lenet_bn"]
+    for name in names:
+        metrics = json.loads((sweep / name / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and f"model={name.split('=')[1]}" in metrics["overrides"]
+        assert "val/acc" in tensorboard_tags(sweep / name)
+    # One log root: TensorBoard names each run by its dir, i.e. by its overrides.
+    assert sorted(p.parent.relative_to(sweep).as_posix() for p in sweep.glob("*/events.out.tfevents.*")
+                  if p.parent.name.startswith("model=")) == sorted(n for n in names for _ in
+                                                                   (sweep / n).glob("events.out.tfevents.*"))
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == names and all(r["status"] == "completed" for r in rows)
+    assert all(0 <= float(r["test_acc"]) <= 1 for r in rows)
+    summary_md = (sweep / "summary.md").read_text()
+    assert all(f"| {n} | completed |" in summary_md for n in names)
+    assert "| model=lenet_bn | completed |" in result.stdout
+
+
+def test_sweep_goes_on_past_a_failed_run_and_exits_nonzero(tmp_path, cifar_root):
+    # accumulate_grad_batches=0 makes Lightning raise inside the run.
+    result = run_cli("-m", "trainer.accumulate_grad_batches=1,0", f"data.root={cifar_root}", *FAST,
+                     "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1
+    rows = {r["run"]: r for r in csv.DictReader(open(tmp_path / "sweep" / "summary.csv"))}
+    assert rows["trainer.accumulate_grad_batches=1"]["status"] == "completed"
+    assert rows["trainer.accumulate_grad_batches=0"]["status"] == "failed"
+    failed = json.loads((tmp_path / "sweep" / "trainer.accumulate_grad_batches=0" / "metrics.json").read_text())
+    assert failed["status"] == "failed" and "error" in failed and failed["epoch"] == 0
+    assert "1 of 2 runs did not complete" in result.stderr
+
+
+def test_a_diverging_run_is_a_result_with_status_diverged(tmp_path, cifar_root):
+    result = run_cli(f"data.root={cifar_root}", *FAST, "optimizer.lr=1e8", "trainer.max_epochs=3",
+                     "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["epochs"] == 1
+
+
+BAD_VALUES = [
+    ("optimizer.lr=0", "optimizer.lr=0: must be > 0"),
+    ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be > 0"),
+    ("model.dropout=1.0", r"model.dropout=1.0: must be in \[0, 1\)"),
+    ("data.batch_size=0", "data.batch_size=0: must be >= 1"),
+    ("data.val_size=300", r"data.val_size=300: must be in \[0, 300\) for the 300 training images"),
+    ("data.root={tmp}/empty", "data.root=.*/empty: no CIFAR-10 at .*set data.download=true"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_VALUES)
+def test_bad_value_stops_before_training_with_one_line(tmp_path, cifar_root, override, message):
+    args = [f"data.root={cifar_root}", *FAST, "hydra.run.dir=run", override.format(tmp=tmp_path)]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert re.fullmatch(f"error: {message}.*", result.stderr.strip().splitlines()[-1])
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model=lenet7", "Could not find 'model/lenet7'"),
+    ("data.batchsize=8", "Key 'batchsize' not in 'DataConfig'"),
+    ("data.batch_size=many", "Value 'many' of type 'str' could not be converted to Integer"),
+    ("init.scheme=he", "Invalid value 'he', expected one of"),
+])
+def test_unknown_options_keys_and_types_are_refused(tmp_path, cifar_root, override, message):
+    result = run_cli(f"data.root={cifar_root}", *FAST, "hydra.run.dir=run", override, cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_report_command_rebuilds_the_summary(tmp_path, cifar_root):
+    result = run_cli("-m", "seed=0,1", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "sweep" / "summary.csv").unlink()
+    report = run_cli(str(tmp_path / "sweep"), module="cifar_ablate.report", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert [r["run"] for r in csv.DictReader(open(tmp_path / "sweep" / "summary.csv"))] == ["seed=0", "seed=1"]
+    assert "| seed=1 | completed |" in report.stdout

@@ -1,0 +1,173 @@
+"""Init schemes, weight penalties, optimizers and schedulers do what their formulas say."""
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from cifar_ablate.errors import ConfigError
+from cifar_ablate.penalty import WeightPenalty
+from cifar_ablate.run import build_classifier
+from cifar_ablate.weight_init import init_weights
+
+
+class Wide(nn.Module):
+    """Layers large enough for sample statistics to be close to their formulas."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(64, 128, 3)   # fan_in 576, fan_out 1152
+        self.bn = nn.BatchNorm2d(128)
+        self.fc = nn.Linear(1000, 400)     # fan_in 1000, fan_out 400
+
+
+FANS = {"conv": (576, 1152), "fc": (1000, 400)}
+STD = {  # the std each scheme's formula gives, from (fan_in, fan_out)
+    "xavier_normal": lambda fi, fo: math.sqrt(2 / (fi + fo)),
+    "kaiming_normal": lambda fi, fo: math.sqrt(2 / fi),
+}
+BOUND = {
+    "xavier_uniform": lambda fi, fo: math.sqrt(6 / (fi + fo)),
+    "kaiming_uniform": lambda fi, fo: math.sqrt(6 / fi),
+}
+
+
+@pytest.mark.parametrize("scheme", sorted(STD))
+def test_normal_schemes_draw_with_the_formula_std(scheme):
+    torch.manual_seed(0)
+    model = init_weights(Wide(), scheme)
+    for name, (fan_in, fan_out) in FANS.items():
+        w = getattr(model, name).weight
+        assert abs(w.mean().item()) < 0.05 * STD[scheme](fan_in, fan_out)
+        assert w.std().item() == pytest.approx(STD[scheme](fan_in, fan_out), rel=0.03)
+        assert torch.all(getattr(model, name).bias == 0)
+
+
+@pytest.mark.parametrize("scheme", sorted(BOUND))
+def test_uniform_schemes_fill_the_formula_bound(scheme):
+    torch.manual_seed(0)
+    model = init_weights(Wide(), scheme)
+    for name, (fan_in, fan_out) in FANS.items():
+        w, bound = getattr(model, name).weight, BOUND[scheme](fan_in, fan_out)
+        assert w.abs().max().item() <= bound
+        assert w.abs().max().item() > 0.99 * bound
+        assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)  # std of U(-b, b)
+        assert torch.all(getattr(model, name).bias == 0)
+
+
+def test_orthogonal_rows_are_orthonormal():
+    model = init_weights(Wide(), "orthogonal")
+    w = model.fc.weight  # 400 x 1000: rows orthonormal
+    assert torch.allclose(w @ w.T, torch.eye(400), atol=1e-4)
+    assert torch.all(model.fc.bias == 0)
+
+
+def test_schemes_leave_batchnorm_alone_and_default_changes_nothing():
+    torch.manual_seed(0)
+    model = Wide()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_weights(model, "default")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    init_weights(model, "kaiming_normal")
+    assert torch.all(model.bn.weight == 1) and torch.all(model.bn.bias == 0)
+    assert not torch.equal(before["fc.weight"], model.fc.weight)
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(2, 2)
+        self.fc2 = nn.Linear(2, 1)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.tensor([[1.0, -2.0], [3.0, -4.0]]))
+            self.fc2.weight.copy_(torch.tensor([[0.5, -0.5]]))
+            self.fc1.bias.fill_(100.0)  # biases are never penalized
+
+
+def test_penalties_equal_their_formulas():
+    m = Tiny()
+    l1_all = (1 + 2 + 3 + 4) + (0.5 + 0.5)
+    sq_all = (1 + 4 + 9 + 16) + (0.25 + 0.25)
+    assert WeightPenalty(m, l1=0.1)().item() == pytest.approx(0.1 * l1_all)
+    assert WeightPenalty(m, l2=0.01)().item() == pytest.approx(0.01 * sq_all)
+    assert WeightPenalty(m, l1=0.1, l2=0.01)().item() == pytest.approx(0.1 * l1_all + 0.01 * sq_all)
+
+
+def test_penalty_limited_to_fc1_with_the_unsquared_norm_as_the_homework():
+    m = Tiny()
+    assert WeightPenalty(m, l2=0.5, squared=False, layers=["fc1"])().item() == pytest.approx(0.5 * math.sqrt(30))
+    assert WeightPenalty(m, l1=0.5, layers=["fc1"])().item() == pytest.approx(0.5 * 10)
+
+
+def test_penalty_on_an_unknown_layer_names_the_layers_there_are():
+    with pytest.raises(ConfigError, match=r"no layer fc9; its layers are fc1, fc2"):
+        WeightPenalty(Tiny(), l1=1.0, layers=["fc9"])
+
+
+@pytest.mark.parametrize("option, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                         ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)])
+def test_optimizer_options_build_with_lr_and_weight_decay(compose_config, option, cls):
+    cfg = compose_config([f"optimizer={option}", "optimizer.lr=0.123", "optimizer.weight_decay=0.004"])
+    opt = instantiate(cfg.optimizer)(nn.Linear(2, 2).parameters())
+    assert type(opt) is cls
+    assert opt.param_groups[0]["lr"] == 0.123 and opt.param_groups[0]["weight_decay"] == 0.004
+
+
+def test_weight_decay_regularization_reaches_the_optimizer(compose_config):
+    cfg = compose_config(["regularization=weight_decay"])
+    opt = instantiate(cfg.optimizer)(nn.Linear(2, 2).parameters())
+    assert opt.param_groups[0]["weight_decay"] == 5e-4
+    assert cfg.regularization.l1 == 0 and cfg.regularization.l2 == 0
+
+
+def test_dropout_regularization_sets_the_model_dropout(compose_config):
+    cfg = compose_config(["model=lenet", "regularization=dropout"])
+    assert instantiate(cfg.model).drop1.p == 0.5
+
+
+def lr_trace(compose_config, tmp_path, cifar_root, scheduler, epochs=2, extra=()):
+    """Train a few tiny epochs and return the learning rate seen at every optimizer step."""
+    import lightning as L
+
+    from cifar_ablate.run import build_datamodule
+
+    cfg = compose_config(["data.root=" + str(cifar_root), "data.val_size=50", "data.batch_size=50",
+                          f"scheduler={scheduler}", f"trainer.max_epochs={epochs}", *extra])
+    classifier, datamodule = build_classifier(cfg), build_datamodule(cfg)
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
+    trainer.fit(classifier, datamodule=datamodule)
+    return seen, classifier.scheduler_interval
+
+
+def test_step_scheduler_changes_lr_only_between_epochs(compose_config, tmp_path, cifar_root):
+    # 250 training images / 50 = 5 batches per epoch.
+    seen, interval = lr_trace(compose_config, tmp_path, cifar_root, "step", epochs=3,
+                              extra=["scheduler.step_size=1", "scheduler.gamma=0.5"])
+    assert interval == "epoch"
+    assert seen == pytest.approx([0.01] * 5 + [0.005] * 5 + [0.0025] * 5)
+
+
+def test_cyclic_scheduler_moves_within_an_epoch(compose_config, tmp_path, cifar_root):
+    seen, interval = lr_trace(compose_config, tmp_path, cifar_root, "cyclic", epochs=1,
+                              extra=["scheduler.step_size_up=2", "scheduler.base_lr=0.001", "scheduler.max_lr=0.005"])
+    assert interval == "step"
+    assert seen == pytest.approx([0.001, 0.003, 0.005, 0.003, 0.001])
+
+
+def test_onecycle_fills_its_length_from_the_trainer(compose_config, tmp_path, cifar_root):
+    seen, interval = lr_trace(compose_config, tmp_path, cifar_root, "onecycle", epochs=2)
+    assert interval == "step" and len(seen) == 10
+    assert max(seen) == pytest.approx(0.1, rel=0.05) and seen[-1] < seen[0]
+
+
+def test_cosine_decays_over_max_epochs(compose_config, tmp_path, cifar_root):
+    seen, _ = lr_trace(compose_config, tmp_path, cifar_root, "cosine", epochs=2)
+    assert seen[:5] == pytest.approx([0.01] * 5) and seen[5:] == pytest.approx([0.005] * 5)
