@@ -74,6 +74,9 @@ class RunConfig:
     logger: Any = MISSING
     seed: int = 0
     name: Optional[str] = None
+    # The variant a sweep's report compares the others against (a run name such as model=lenet,
+    # seeds aside); null: the first variant.
+    baseline: Optional[str] = None
 
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)

@@ -1,19 +1,38 @@
-"""The sweep summary: one row per run from each run's metrics.json, as summary.csv and summary.md.
+"""The sweep report: which variant is better, by how much, and whether that is more than seed noise.
 
     python -m cifar_ablate.report <sweep dir>
 
-Hydra runs it when a sweep ends (the SweepSummary callback). Runs without a metrics.json (still running
-or killed) are listed as "missing", never dropped.
+Hydra runs it when a sweep ends (the SweepSummary callback). It reads only what the runs wrote
+(metrics.json, .hydra/, and their TensorBoard or CSV logs), so it also works on a sweep dir copied
+elsewhere. Writes into the sweep dir:
+
+- summary.md / summary.csv: one row per variant (runs that differ only in `seed`); with several seeds,
+  mean ± std and n, and Welch's t-test of each variant's test accuracy against the baseline's;
+- runs.csv: one row per run, failed and still-running (missing) runs included;
+- val_acc.png, train_loss.png: per-epoch curves, one line per variant (mean, band = ± 1 std over seeds);
+- test_acc.png: final test accuracy per variant with ± 1 std error bars.
 """
 import argparse
 import csv
 import json
+import math
+import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
-COLUMNS = ("run", "status", "test_acc", "best_val_acc", "epochs", "train_seconds")
+RUN_COLUMNS = ("run", "status", "seed", "test_acc", "best_val_acc", "test_loss", "epochs", "train_seconds")
+RESULT_STATUSES = ("completed", "diverged")  # a diverged run is a result (its accuracy counts)
+ALPHA = 0.05
+# Overlays every run of a sweep per metric in TensorBoard's Custom Scalars tab (written by each run).
+CUSTOM_SCALARS_LAYOUT = {"cifar_ablate": {
+    "loss": ["Multiline", [r"train/loss_epoch", r"val/loss"]],
+    "accuracy": ["Multiline", [r"train/acc_epoch", r"val/acc$"]],
+    "learning rate": ["Multiline", [r"lr-.*"]],
+}}
 
 
 def run_dirs(sweep_dir: Path) -> list[Path]:
@@ -26,49 +45,238 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
     for run_dir in run_dirs(sweep_dir):
         path = run_dir / "metrics.json"
         metrics = json.loads(path.read_text()) if path.exists() else {"status": "missing"}
-        rows.append({"run": run_dir.name, **metrics})
+        rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), **metrics})
     return sorted(rows, key=lambda r: (r.get("job_num", 1 << 30), r["run"]))
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "" if value is None else str(value)
+def _items(run_name: str) -> list[str]:
+    """`model=lenet,seed=1` → ["model=lenet", "seed=1"] (a comma inside a value stays in it)."""
+    return re.split(r",(?=[+~]*[\w./-]+=)", run_name)
 
 
-def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+def variant_of(run_name: str) -> str:
+    """The run's name without its seed: runs of one variant differ only in seed."""
+    kept = [item for item in _items(run_name) if not re.fullmatch(r"[+~]*seed=.*", item)]
+    return ",".join(kept) or "default"
 
 
-def write_summary(sweep_dir) -> tuple[list[dict], str]:
-    """Write summary.csv and summary.md into the sweep dir; return the rows and the markdown table."""
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return mean, std
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test (unequal variances); NaN when it cannot be computed."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2 or (len(set(a)) == 1 and len(set(b)) == 1):
+        return math.nan
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
+    variants: dict[str, list[dict]] = {}
+    for r in runs:
+        variants.setdefault(r["variant"], []).append(r)
+    if baseline not in variants:
+        baseline = next(iter(variants), None)
+    accuracy = {v: [r["test_acc"] for r in rs if r.get("status") in RESULT_STATUSES and r.get("test_acc") is not None]
+                for v, rs in variants.items()}
+    rows = []
+    for variant, rs in variants.items():
+        results = [r for r in rs if r.get("status") in RESULT_STATUSES]
+        test_mean, test_std = _mean_std(accuracy[variant])
+        val_mean, val_std = _mean_std([r["best_val_acc"] for r in results if r.get("best_val_acc") is not None])
+        p = math.nan if variant == baseline else welch_p(accuracy[variant], accuracy[baseline])
+        statuses = sorted({r.get("status", "missing") for r in rs})
+        rows.append({
+            "variant": variant, "baseline": variant == baseline, "n": len(accuracy[variant]), "runs": len(rs),
+            "status": "/".join(statuses),
+            "test_acc_mean": test_mean, "test_acc_std": test_std,
+            "best_val_acc_mean": val_mean, "best_val_acc_std": val_std,
+            "delta_vs_baseline": test_mean - _mean_std(accuracy[baseline])[0],
+            "p_value": p, "differs": (p < ALPHA) if not math.isnan(p) else None,
+            "epochs_mean": _mean_std([r["epochs"] for r in results])[0],
+            "train_seconds_mean": _mean_std([r["train_seconds"] for r in results])[0],
+        })
+    return rows
+
+
+def _fmt(value, digits=4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _pm(mean, std) -> str:
+    return _fmt(mean) if math.isnan(std) else f"{_fmt(mean)} ± {_fmt(std)}"
+
+
+def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict]) -> str:
+    multi_seed = any(v["n"] > 1 for v in variants)
+    lines = [f"# Sweep {sweep_dir.name}", ""]
+    if multi_seed:
+        lines += ["| variant | n | test_acc (mean ± std) | best_val_acc (mean ± std) | Δ test_acc vs baseline "
+                  "| p (Welch) | differs at 95%? | epochs | train s |", "|" + "---|" * 9]
+        for v in variants:
+            verdict = ("baseline" if v["baseline"] else
+                       "untested (n < 2 or no spread)" if v["differs"] is None else "yes" if v["differs"] else "no")
+            lines.append(f"| {v['variant']} | {v['n']} | {_pm(v['test_acc_mean'], v['test_acc_std'])} "
+                         f"| {_pm(v['best_val_acc_mean'], v['best_val_acc_std'])} "
+                         f"| {'' if v['baseline'] else _fmt(v['delta_vs_baseline'])} | {_fmt(v['p_value'], 3)} "
+                         f"| {verdict} | {_fmt(v['epochs_mean'], 1)} | {_fmt(v['train_seconds_mean'], 1)} |")
+        lines += ["", f"Test: Welch's two-sided t-test of each variant's test accuracies against the baseline's "
+                      f"over seeds; \"yes\" when p < {ALPHA}. With few seeds the test has little power: \"no\" "
+                      "means the difference is not shown to exceed seed noise, not that there is none."]
+    else:
+        lines += ["| variant | status | test_acc | best_val_acc | Δ test_acc vs baseline | epochs | train s |",
+                  "|" + "---|" * 7]
+        for v in variants:
+            lines.append(f"| {v['variant']} | {v['status']} | {_fmt(v['test_acc_mean'])} "
+                         f"| {_fmt(v['best_val_acc_mean'])} | {'baseline' if v['baseline'] else _fmt(v['delta_vs_baseline'])} "
+                         f"| {_fmt(v['epochs_mean'], 0)} | {_fmt(v['train_seconds_mean'], 1)} |")
+        lines += ["", "One seed per variant: differences are not tested and may be seed noise. "
+                      "Add `seed=0,1,2` to the sweep for mean ± std and a significance test."]
+    not_results = [r for r in runs if r.get("status") not in RESULT_STATUSES]
+    if not_results:
+        lines += ["", "Runs without a result: " + ", ".join(
+            f"{r['run']} ({r.get('status')}{': ' + r['error'] if r.get('error') else ''})" for r in not_results)]
+    lines += ["", "## Runs", "", "| " + " | ".join(RUN_COLUMNS) + " |", "|" + "---|" * len(RUN_COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in RUN_COLUMNS) + " |" for r in runs]
+    lines += ["", "Figures: val_acc.png, train_loss.png, test_acc.png"]
+    return "\n".join(lines) + "\n"
+
+
+def read_curves(run_dir: Path) -> dict[str, list[float]]:
+    """Per-epoch values of val/acc and train/loss_epoch from the run's own TensorBoard or CSV log."""
+    tags = ("val/acc", "train/loss_epoch")
+    if list(run_dir.glob("events.out.tfevents.*")):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        available = set(events.Tags()["scalars"])
+        return {t: [e.value for e in events.Scalars(t)] if t in available else [] for t in tags}
+    if (run_dir / "metrics.csv").exists():
+        with open(run_dir / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        return {t: [float(r[t]) for r in rows if r.get(t)] for t in tags}
+    return {t: [] for t in tags}
+
+
+def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, title: str):
+    """One line per variant: the mean over its runs per epoch, with a ± 1 std band when it has several."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for variant, curves in curves_by_variant.items():
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        values = np.full((len(curves), max(map(len, curves))), np.nan)
+        for i, c in enumerate(curves):
+            values[i, :len(c)] = c
+        epochs = np.arange(1, values.shape[1] + 1)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(values, axis=0)
+            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{variant} (n={len(curves)})")
+            if len(curves) > 1:
+                std = np.nanstd(values, axis=0, ddof=1)
+                ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_test_accuracy(variants: list[dict]):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(variants) + 2), 4.5))
+    names = [v["variant"] for v in variants]
+    means = [0 if math.isnan(v["test_acc_mean"]) else v["test_acc_mean"] for v in variants]
+    errors = [0 if math.isnan(v["test_acc_std"]) else v["test_acc_std"] for v in variants]
+    ax.bar(range(len(names)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel("variant")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title("Final test accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def read_baseline(sweep_dir: Path) -> Optional[str]:
+    """The `baseline` the sweep was configured with, from its runs' saved configs."""
+    for run_dir in run_dirs(sweep_dir):
+        config = run_dir / ".hydra" / "config.yaml"
+        if config.exists():
+            return OmegaConf.load(config).get("baseline")
+    return None
+
+
+def write_report(sweep_dir, baseline: Optional[str] = None) -> tuple[list[dict], list[dict], str]:
+    """Write summary.md, summary.csv, runs.csv and the figures; return (variants, runs, summary markdown)."""
+    import matplotlib.pyplot as plt
+
     sweep_dir = Path(sweep_dir)
-    rows = collect_runs(sweep_dir)
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+    runs = collect_runs(sweep_dir)
+    variants = variant_rows(runs, baseline if baseline is not None else read_baseline(sweep_dir))
+    with open(sweep_dir / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=("variant",) + RUN_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({c: r.get(c) for c in COLUMNS} for r in rows)
-    table = markdown_table(rows)
-    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir}\n\n{table}\n")
-    return rows, table
+        writer.writerows(runs)
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(variants[0]) if variants else ["variant"])
+        writer.writeheader()
+        writer.writerows(variants)
+    markdown = summary_markdown(sweep_dir, variants, runs)
+    (sweep_dir / "summary.md").write_text(markdown)
+
+    curves: dict[str, dict[str, list]] = {"val/acc": {}, "train/loss_epoch": {}}
+    for r in runs:
+        run_curves = read_curves(sweep_dir / r["run"])
+        for tag in curves:
+            curves[tag].setdefault(r["variant"], []).append(run_curves[tag])
+    for tag, ylabel, title, name in (("val/acc", "validation accuracy", "Validation accuracy per epoch", "val_acc.png"),
+                                     ("train/loss_epoch", "training loss (cross-entropy)", "Training loss per epoch",
+                                      "train_loss.png")):
+        fig = plot_curves(curves[tag], ylabel, title)
+        fig.savefig(sweep_dir / name, dpi=110)
+        plt.close(fig)
+    fig = plot_test_accuracy(variants)
+    fig.savefig(sweep_dir / "test_acc.png", dpi=110)
+    plt.close(fig)
+    return variants, runs, markdown
 
 
-def unfinished(rows: list[dict]) -> list[dict]:
-    """Runs that are not results: failed, or missing their metrics. Diverged runs are results."""
-    return [r for r in rows if r.get("status") not in ("completed", "diverged")]
+def unfinished(runs: list[dict]) -> list[dict]:
+    """Runs that are not results: failed, or missing their metrics."""
+    return [r for r in runs if r.get("status") not in RESULT_STATUSES]
 
 
 class SweepSummary(Callback):
-    """Hydra callback: writes and prints the summary when a multirun ends; exit 1 if a run did not finish."""
+    """Hydra callback: writes and prints the report when a multirun ends; exit 1 if a run did not finish."""
 
     def on_multirun_end(self, config, **kwargs):
-        rows, table = write_summary(config.hydra.sweep.dir)
-        print(f"\nSweep summary ({config.hydra.sweep.dir}/summary.md):\n{table}", flush=True)
-        bad = unfinished(rows)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        _, runs, markdown = write_report(sweep_dir, config.get("baseline"))
+        print(f"\nSweep summary ({sweep_dir / 'summary.md'}):\n{markdown}", flush=True)
+        bad = unfinished(runs)
         if bad:
-            print(f"error: {len(bad)} of {len(rows)} runs did not complete: "
+            print(f"error: {len(bad)} of {len(runs)} runs did not complete: "
                   + ", ".join(f"{r['run']} ({r['status']})" for r in bad), file=sys.stderr)
             sys.exit(1)
 
@@ -76,12 +284,13 @@ class SweepSummary(Callback):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cifar_ablate.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--baseline", help="variant to compare against (default: the sweep's, else the first)")
     args = parser.parse_args(argv)
     if not run_dirs(args.sweep_dir):
         sys.exit(f"error: {args.sweep_dir}: no runs here (expected sub-folders with a .hydra/ config)")
-    rows, table = write_summary(args.sweep_dir)
-    print(table)
-    sys.exit(1 if unfinished(rows) else 0)
+    _, runs, markdown = write_report(args.sweep_dir, args.baseline)
+    print(markdown)
+    # Unfinished runs are listed in the report; they do not make the report itself fail.
 
 
 if __name__ == "__main__":

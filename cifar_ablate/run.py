@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from cifar_ablate.augment import BatchAugment
@@ -27,6 +28,7 @@ from cifar_ablate.config import check_config
 from cifar_ablate.data import CIFAR10DataModule
 from cifar_ablate.errors import UserError
 from cifar_ablate.penalty import WeightPenalty
+from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
 from cifar_ablate.weight_init import init_weights
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,8 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
     datamodule.load()  # bad data fails here, before a logger or trainer writes anything
 
     logger = instantiate(cfg.logger)
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     if trainer_cfg.get("enable_progress_bar") is None:
         trainer_cfg["enable_progress_bar"] = sys.stderr.isatty()

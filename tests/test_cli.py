@@ -2,11 +2,13 @@
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cifar_ablate.report import run_dirs
 from conftest import FAST, run_cli
 
 RUN_KEYS = {"status", "test_acc", "best_val_acc", "test_loss", "epochs", "train_seconds",
@@ -38,7 +40,8 @@ def test_single_run_writes_metrics_and_tensorboard_logs(tmp_path, cifar_root):
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     tags = tensorboard_tags(run_dir)
     assert {"train/loss_step", "train/loss_epoch", "train/acc_step", "train/acc_epoch", "val/loss", "val/acc",
-            "test/loss", "test/acc", "lr-SGD", "hparams/test_acc", "hparams/best_val_acc"} <= tags
+            "test/loss", "test/acc", "lr-SGD", "hparams/test_acc", "hparams/best_val_acc",
+            "tensor:custom_scalars__config__"} <= tags
     assert "hp_metric" not in tags
     # Not a terminal: epoch lines instead of a progress bar.
     assert "epoch 1/1" in result.stdout
@@ -55,16 +58,15 @@ def test_sweep_over_three_models(tmp_path, cifar_root):
         metrics = json.loads((sweep / name / "metrics.json").read_text())
         assert metrics["status"] == "completed" and f"model={name.split('=')[1]}" in metrics["overrides"]
         assert "val/acc" in tensorboard_tags(sweep / name)
-    # One log root: TensorBoard names each run by its dir, i.e. by its overrides.
-    assert sorted(p.parent.relative_to(sweep).as_posix() for p in sweep.glob("*/events.out.tfevents.*")
-                  if p.parent.name.startswith("model=")) == sorted(n for n in names for _ in
-                                                                   (sweep / n).glob("events.out.tfevents.*"))
+    # One log root: each run's event files sit directly in its folder, which TensorBoard uses as the run name.
+    assert {p.parent.name for p in sweep.glob("*/events.out.tfevents.*")} == set(names)
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["run"] for r in rows] == names and all(r["status"] == "completed" for r in rows)
-    assert all(0 <= float(r["test_acc"]) <= 1 for r in rows)
+    assert [r["variant"] for r in rows] == names and all(r["status"] == "completed" for r in rows)
+    assert all(0 <= float(r["test_acc_mean"]) <= 1 for r in rows)
     summary_md = (sweep / "summary.md").read_text()
     assert all(f"| {n} | completed |" in summary_md for n in names)
+    assert "differences are not tested" in summary_md
     assert "| model=lenet_bn | completed |" in result.stdout
 
 
@@ -73,7 +75,7 @@ def test_sweep_goes_on_past_a_failed_run_and_exits_nonzero(tmp_path, cifar_root)
     result = run_cli("-m", "trainer.accumulate_grad_batches=1,0", f"data.root={cifar_root}", *FAST,
                      "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode == 1
-    rows = {r["run"]: r for r in csv.DictReader(open(tmp_path / "sweep" / "summary.csv"))}
+    rows = {r["run"]: r for r in csv.DictReader(open(tmp_path / "sweep" / "runs.csv"))}
     assert rows["trainer.accumulate_grad_batches=1"]["status"] == "completed"
     assert rows["trainer.accumulate_grad_batches=0"]["status"] == "failed"
     failed = json.loads((tmp_path / "sweep" / "trainer.accumulate_grad_batches=0" / "metrics.json").read_text())
@@ -124,11 +126,42 @@ def test_unknown_options_keys_and_types_are_refused(tmp_path, cifar_root, overri
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_report_command_rebuilds_the_summary(tmp_path, cifar_root):
+def test_report_compares_variants_over_seeds_and_draws_the_figures(tmp_path, cifar_root):
+    """2 variants x 2 seeds: mean ± std, n, Welch's test against the baseline, PNG figures."""
+    result = run_cli("-m", "model=lenet,lenet_bn", "seed=0,1", f"data.root={cifar_root}", *FAST,
+                     "trainer.max_epochs=2", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = tmp_path / "sweep"
+    assert sorted(p.name for p in run_dirs(sweep)) == ["model=lenet,seed=0", "model=lenet,seed=1",
+                                                        "model=lenet_bn,seed=0", "model=lenet_bn,seed=1"]
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert [(r["variant"], r["n"], r["baseline"]) for r in rows] == [("model=lenet", "2", "True"),
+                                                                      ("model=lenet_bn", "2", "False")]
+    runs = [r for r in csv.DictReader(open(sweep / "runs.csv"))]
+    lenet_bn = [float(r["test_acc"]) for r in runs if r["variant"] == "model=lenet_bn"]
+    assert float(rows[1]["test_acc_mean"]) == pytest.approx(sum(lenet_bn) / 2)
+    summary = (sweep / "summary.md").read_text()
+    assert "| variant | n | test_acc (mean ± std) |" in summary and "p (Welch)" in summary
+    assert re.search(r"\| model=lenet_bn \| 2 \| 0\.\d{4} ± 0\.\d{4} \|", summary)
+    for png in ("val_acc.png", "train_loss.png", "test_acc.png"):
+        assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The report rebuilds everything from the run folders alone, also after the sweep dir moved.
+    moved = tmp_path / "copied_elsewhere"
+    shutil.copytree(sweep, moved)
+    for name in ("summary.csv", "summary.md", "val_acc.png"):
+        (moved / name).unlink()
+    report = run_cli(str(moved), module="cifar_ablate.report", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert (moved / "val_acc.png").exists() and "model=lenet_bn" in (moved / "summary.md").read_text()
+
+
+def test_report_lists_failed_and_unfinished_runs(tmp_path, cifar_root):
     result = run_cli("-m", "seed=0,1", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    (tmp_path / "sweep" / "summary.csv").unlink()
+    (tmp_path / "sweep" / "seed=1" / "metrics.json").unlink()  # as if still running or killed
     report = run_cli(str(tmp_path / "sweep"), module="cifar_ablate.report", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
-    assert [r["run"] for r in csv.DictReader(open(tmp_path / "sweep" / "summary.csv"))] == ["seed=0", "seed=1"]
-    assert "| seed=1 | completed |" in report.stdout
+    assert "Runs without a result: seed=1 (missing)" in report.stdout
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
+    assert rows[0]["n"] == "1" and rows[0]["runs"] == "2" and rows[0]["status"] == "completed/missing"

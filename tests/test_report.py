@@ -1,0 +1,61 @@
+"""The report's statistics and figures, on hand-made numbers."""
+import math
+
+import pytest
+
+from cifar_ablate.report import plot_curves, plot_test_accuracy, variant_of, variant_rows, welch_p
+
+
+def test_variant_is_the_run_name_without_its_seed():
+    assert variant_of("model=lenet,seed=2") == "model=lenet"
+    assert variant_of("seed=0") == "default"
+    assert variant_of("data.mean=[0.5,0.5,0.5],seed=1") == "data.mean=[0.5,0.5,0.5]"
+    assert variant_of("optimizer.lr=0.01") == "optimizer.lr=0.01"
+
+
+def test_welch_p_matches_the_formula():
+    a, b = [0.60, 0.62, 0.61], [0.55, 0.56, 0.58]
+    ma, mb = sum(a) / 3, sum(b) / 3
+    va = sum((x - ma) ** 2 for x in a) / 2
+    vb = sum((x - mb) ** 2 for x in b) / 2
+    t = (ma - mb) / math.sqrt(va / 3 + vb / 3)
+    dof = (va / 3 + vb / 3) ** 2 / ((va / 3) ** 2 / 2 + (vb / 3) ** 2 / 2)
+    from scipy.stats import t as student_t
+    assert welch_p(a, b) == pytest.approx(2 * student_t.sf(abs(t), dof))
+    assert math.isnan(welch_p([0.5], b))  # one seed: nothing to test
+
+
+def run(variant, seed, acc, status="completed"):
+    return {"run": f"{variant},seed={seed}", "variant": variant, "status": status, "test_acc": acc,
+            "best_val_acc": acc, "epochs": 3, "train_seconds": 1.0}
+
+
+def test_variant_rows_compare_against_the_named_baseline():
+    runs = [run("model=a", 0, 0.50), run("model=a", 1, 0.52), run("model=b", 0, 0.70), run("model=b", 1, 0.72),
+            run("model=c", 0, 0.51), run("model=c", 1, 0.49), run("model=c", 2, None, status="failed")]
+    rows = {r["variant"]: r for r in variant_rows(runs, baseline="model=a")}
+    assert rows["model=a"]["baseline"] and math.isnan(rows["model=a"]["p_value"])
+    assert rows["model=b"]["test_acc_mean"] == pytest.approx(0.71)
+    assert rows["model=b"]["test_acc_std"] == pytest.approx(math.sqrt(2 * 0.01 ** 2))
+    assert rows["model=b"]["delta_vs_baseline"] == pytest.approx(0.20) and rows["model=b"]["differs"] is True
+    assert rows["model=c"]["differs"] is False and rows["model=c"]["n"] == 2 and rows["model=c"]["runs"] == 3
+    assert rows["model=c"]["status"] == "completed/failed"
+    first = variant_rows(runs, baseline=None)[0]
+    assert first["variant"] == "model=a" and first["baseline"]
+
+
+def test_curve_figure_has_labelled_axes_and_one_line_per_variant():
+    fig = plot_curves({"model=a": [[0.3, 0.4, 0.5], [0.32, 0.41, 0.52]], "model=b": [[0.2, 0.3, 0.35]]},
+                      "validation accuracy", "Validation accuracy per epoch")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "validation accuracy"
+    assert [line.get_label() for line in ax.get_lines()] == ["model=a (n=2)", "model=b (n=1)"]
+    assert len(ax.collections) == 1  # the ± std band, only where there are several seeds
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.31, 0.405, 0.51])
+
+
+def test_bar_chart_has_one_bar_per_variant_with_error_bars():
+    rows = variant_rows([run("model=a", 0, 0.5), run("model=a", 1, 0.6), run("model=b", 0, 0.7)], None)
+    ax = plot_test_accuracy(rows).axes[0]
+    assert len(ax.patches) == 2 and ax.get_ylabel().startswith("test accuracy")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["model=a", "model=b"]
