@@ -8,7 +8,7 @@ DATA := data
 SHARED_TAR := ../shared/data/cifar10-jpeg.tar.gz
 ARGS ?=
 
-.PHONY: run test env data real-data-check lock clean
+.PHONY: run test env data real-data-check lock clean bench
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multirun
+
+# Speed, side by side (not a test): homework loop vs bare loop vs cifar_ablate, into docs/performance.md.
+bench: env data
+	$(BIN)/python bench/compare_loops.py --root $(DATA) --epochs 3 --out docs/performance.md

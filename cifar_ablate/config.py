@@ -74,6 +74,8 @@ class RunConfig:
     logger: Any = MISSING
     seed: int = 0
     name: Optional[str] = None
+    compile: bool = False
+    channels_last: bool = True
     # The variant a sweep's report compares the others against (a run name such as model=lenet,
     # seeds aside); null: the first variant.
     baseline: Optional[str] = None

@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, read_write
 
@@ -54,7 +54,21 @@ class RunNaming(HydraCallback):
                 f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]")
 
 
+def fresh_dir(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ... : the first that did not exist, created here so that two runs
+    or sweeps started in the same second never share a dir. Cached per config, like Hydra's `now`."""
+    base, suffix = Path(path), 1
+    while True:
+        candidate = base if suffix == 1 else base.with_name(f"{base.name}-{suffix}")
+        try:
+            candidate.mkdir(parents=True)
+            return str(candidate)
+        except FileExistsError:
+            suffix += 1
+
+
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=True)
 
 
 class RunProgress(Callback):
@@ -103,7 +117,8 @@ def build_classifier(cfg: DictConfig) -> Classifier:
     scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
     interval = scheduler_cfg.pop("interval")
     scheduler = instantiate(scheduler_cfg) if scheduler_cfg.get("_target_") else None
-    return Classifier(model, instantiate(cfg.optimizer), scheduler, interval, penalty)
+    return Classifier(model, instantiate(cfg.optimizer), scheduler, interval, penalty,
+                      compile_model=cfg.compile, channels_last=cfg.channels_last)
 
 
 def hparams_of(cfg: DictConfig, choices: dict) -> dict:
@@ -113,6 +128,11 @@ def hparams_of(cfg: DictConfig, choices: dict) -> dict:
                    "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "dropout": cfg.model.get("dropout", 0.0),
                    "l1": cfg.regularization.l1, "l2": cfg.regularization.l2})
     return params
+
+
+def read_metrics(run_dir: Path) -> Optional[dict]:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
@@ -128,13 +148,20 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
         logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     if trainer_cfg.get("enable_progress_bar") is None:
-        trainer_cfg["enable_progress_bar"] = sys.stderr.isatty()
+        trainer_cfg["enable_progress_bar"] = sys.stdout.isatty()
     progress.print_lines = not trainer_cfg["enable_progress_bar"]
     callbacks = [progress, LearningRateMonitor(),
-                 ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)]
+                 # No monitor and top-1: last.ckpt is rewritten at the end of every epoch.
+                 ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)]
+    if trainer_cfg["enable_progress_bar"]:
+        callbacks.append(TQDMProgressBar(refresh_rate=20))  # redrawing every step costs more than the step
     trainer = instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
 
-    trainer.fit(classifier, datamodule=datamodule)
+    # An interrupted run continues from its last finished epoch: same data order, same weights.
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        log.info("%s: resuming from %s", run_dir.name, last)
+    trainer.fit(classifier, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
     test = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]
 
     hydra_cfg = HydraConfig.get()
@@ -169,6 +196,11 @@ def main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     progress = RunProgress(print_lines=False)
+    previous = read_metrics(run_dir)
+    if previous is not None and previous.get("status") in ("completed", "diverged"):
+        # Re-running a sweep into its dir redoes only what has no result yet.
+        log.info("%s: already %s, skipping (delete its metrics.json to rerun)", run_dir.name, previous["status"])
+        return previous.get("best_val_acc")
     try:
         metrics = train(cfg, run_dir, progress)
     except UserError as e:

@@ -1,0 +1,196 @@
+"""Side by side, one invocation: the homework loop, a bare in-memory loop, and cifar_ablate's default path.
+
+All three train the same model (LeNet), optimizer (SGD 0.01, momentum 0.9), batch size, epochs and
+seed, on the same 50,000 training images visited in the same order (cifar_ablate's seeded per-epoch
+permutation), with no validation, then test on the 10,000 test images:
+
+(a) homework: a Dataset that, like torchvision.datasets.CIFAR10, turns each image into a PIL image and
+    through ToTensor + Normalize, fed by a DataLoader with 2 workers; the loss read with .item() each step;
+(b) bare: the split already normalized as one float tensor in memory, sliced per batch (the floor);
+(c) cifar_ablate: `python -m cifar_ablate` with its defaults (device-resident uint8 batches, TensorBoard
+    logging, checkpointing), timed by its own metrics.json.
+
+    python bench/compare_loops.py --root data --epochs 3 --out docs/performance.md
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from cifar_ablate.data import MEAN, STD, epoch_indices, read_cifar10  # noqa: E402
+from cifar_ablate.models import LeNet  # noqa: E402
+
+
+class HomeworkCIFAR(Dataset):
+    """What torchvision.datasets.CIFAR10.__getitem__ does: HWC uint8 → PIL image → transform."""
+
+    def __init__(self, images_chw: np.ndarray, labels: np.ndarray, transform):
+        self.data = images_chw.transpose(0, 2, 3, 1)  # CIFAR10 keeps HWC
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+class FixedOrder(torch.utils.data.Sampler):
+    """cifar_ablate's per-epoch permutation, so every loop sees the images in the same order."""
+
+    def __init__(self, n, seed):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return iter(epoch_indices(self.n, True, self.seed, self.epoch).tolist())
+
+
+def test_accuracy(model, x, y, batch=1000):
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item() for i in range(0, len(x), batch))
+    return correct / len(x)
+
+
+def normalized(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).float().mul_(1 / 255)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def homework_loop(data, args):
+    (train_x, train_y), (test_x, test_y) = data["train"], data["test"]
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    sampler = FixedOrder(len(train_x), args.seed)
+    loader = DataLoader(HomeworkCIFAR(train_x, train_y, transform), batch_size=args.batch_size, sampler=sampler,
+                        num_workers=2)
+    L.seed_everything(args.seed, verbose=False)
+    model = LeNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    epoch_seconds = []
+    for epoch in range(args.epochs):
+        sampler.epoch = epoch
+        model.train()
+        start, running_loss = time.perf_counter(), 0.0
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+        epoch_seconds.append(time.perf_counter() - start)
+    return epoch_seconds, test_accuracy(model, normalized(test_x), torch.from_numpy(test_y))
+
+
+def bare_loop(data, args):
+    (train_x, train_y), (test_x, test_y) = data["train"], data["test"]
+    x_all, y_all = normalized(train_x), torch.from_numpy(train_y)
+    L.seed_everything(args.seed, verbose=False)
+    model = LeNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    epoch_seconds = []
+    for epoch in range(args.epochs):
+        model.train()
+        start = time.perf_counter()
+        order = epoch_indices(len(x_all), True, args.seed, epoch)
+        for i in range(0, len(order), args.batch_size):
+            idx = order[i:i + args.batch_size]
+            optimizer.zero_grad()
+            F.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
+            optimizer.step()
+        epoch_seconds.append(time.perf_counter() - start)
+    return epoch_seconds, test_accuracy(model, normalized(test_x), torch.from_numpy(test_y))
+
+
+def cifar_ablate_run(args):
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "cifar_ablate", "model=lenet", "optimizer=sgd", "optimizer.lr=0.01",
+                   "optimizer.momentum=0.9", f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}",
+                   f"seed={args.seed}", f"data.root={Path(args.root).resolve()}", "data.val_size=0",
+                   "trainer.limit_val_batches=0", "trainer.accelerator=cpu", f"hydra.run.dir={tmp}/run"]
+        subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True)
+        metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+    return metrics["train_seconds"] / metrics["epochs"], metrics["test_acc"], " ".join(command[1:-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="data")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="markdown file to write the table into")
+    args = parser.parse_args()
+
+    data = read_cifar10(args.root)
+    n = len(data["train"][0])
+    rows = []
+    hw_epochs, hw_acc = homework_loop(data, args)
+    rows.append(("(a) homework loop: per-image PIL + torchvision transforms, DataLoader(2 workers)",
+                 float(np.mean(hw_epochs)), hw_acc))
+    bare_epochs, bare_acc = bare_loop(data, args)
+    rows.append(("(b) bare loop over pre-normalized tensors in memory", float(np.mean(bare_epochs)), bare_acc))
+    ca_epoch, ca_acc, command = cifar_ablate_run(args)
+    rows.append(("(c) cifar_ablate, default path", ca_epoch, ca_acc))
+
+    a, b, c = (r[1] for r in rows)
+    table = ["| loop | s / epoch | images / s | test acc |", "|---|---|---|---|"]
+    table += [f"| {name} | {sec:.2f} | {n / sec:,.0f} | {acc:.4f} |" for name, sec, acc in rows]
+    table += ["", f"a/c = {a / c:.2f} (how much faster cifar_ablate is than the homework loop); "
+                  f"c/b = {c / b:.2f} (cifar_ablate's cost over the bare floor)."]
+    text = "\n".join(table)
+    print(text)
+    if args.out:
+        header = (f"## CPU: LeNet, batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}, "
+                  f"{n:,} training images\n\n"
+                  f"Measured {datetime.date.today()} on {machine()}.\n"
+                  f"Command: `python bench/compare_loops.py --root {args.root} --epochs {args.epochs} "
+                  f"--batch-size {args.batch_size} --seed {args.seed} --out {args.out}`\n"
+                  f"(c) ran as: `python {command}`\n\n")
+        write_section(args.out, header + text)
+
+
+def write_section(path: Path, body: str, marker: str = "bench:cpu") -> None:
+    """Replace this benchmark's block in the markdown file (or append it), keeping the rest as it is."""
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    block = f"{begin}\n{body}\n{end}"
+    old = path.read_text() if path.exists() else "# Performance\n"
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
