@@ -51,4 +51,4 @@ clean:
 
 # Speed, side by side (not a test): homework loop vs bare loop vs cifar_ablate, into docs/performance.md.
 bench: env data
-	$(BIN)/python bench/compare_loops.py --root $(DATA) --epochs 3 --out docs/performance.md
+	$(BIN)/python bench/compare_loops.py --root $(DATA) --epochs 3 --repeats 2 --out docs/performance.md

@@ -5,7 +5,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from cifar_ablate.penalty import WeightPenalty
@@ -28,7 +28,11 @@ class Classifier(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval
         self.penalty = penalty if penalty is not None and penalty.active else None
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Training metrics only accumulate per step (update, no compute): the epoch value is computed
+        # once, and step values are computed only on the steps the logger writes.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.train_loss = MeanMetric(nan_strategy="disable")  # keeps NaN: read to detect divergence
+        self.train_penalty = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
@@ -45,22 +49,36 @@ class Classifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    def _logging_step(self) -> bool:
+        """True on the steps whose values Lightning hands to the logger (every log_every_n_steps)."""
+        return (self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % self.trainer.log_every_n_steps == 0
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        n = len(y)
-        self.train_acc(logits.detach(), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=n)
+        self.train_loss.update(loss.detach(), len(y))
+        self.train_acc.update(logits.detach(), y)
+        log_step = self._logging_step()
+        if log_step:
+            self.log("train/loss_step", loss)
+            self.log("train/acc_step", (logits.detach().argmax(1) == y).float().mean())
         if self.penalty is not None:
             penalty = self.penalty()
-            self.log("train/penalty", penalty, on_step=True, on_epoch=True, batch_size=n)
+            self.train_penalty.update(penalty.detach(), len(y))
+            if log_step:
+                self.log("train/penalty_step", penalty)
             loss = loss + penalty
         return loss
 
     def on_train_epoch_end(self):
-        epoch_loss = self.trainer.callback_metrics["train/loss_epoch"]
+        epoch_loss = self.train_loss.compute()
+        self.log("train/loss_epoch", epoch_loss)
+        self.log("train/acc_epoch", self.train_acc.compute())
+        if self.penalty is not None:
+            self.log("train/penalty_epoch", self.train_penalty.compute())
+        for metric in (self.train_loss, self.train_acc, self.train_penalty):
+            metric.reset()
         # One host sync per epoch: a non-finite loss ends the run as "diverged", a result, not a crash.
         if not torch.isfinite(epoch_loss):
             self.diverged = True

@@ -72,27 +72,44 @@ OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=
 
 
 class RunProgress(Callback):
-    """Counts finished epochs, times training, and prints one line per epoch when there is no progress bar."""
+    """Counts finished epochs, times training, and prints one line per epoch when there is no progress bar.
+
+    An epoch's line is printed when the next epoch starts (or training ends): the training metrics of an
+    epoch are logged by the module's on_train_epoch_end, which Lightning calls after the callbacks'.
+    """
 
     def __init__(self, print_lines: bool):
         self.print_lines = print_lines
         self.epochs_done = 0
         self.train_seconds = 0.0
-        self._start = None
+        self.epoch_seconds: list[float] = []
+        self._start = self._epoch_start = None
+        self._printed = 0
 
     def on_train_start(self, trainer, pl_module):
         self._start = time.perf_counter()
+        self._printed = self.epochs_done = trainer.current_epoch  # a resumed run starts past 0
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.epochs_done = trainer.current_epoch + 1
-        if self.print_lines and trainer.is_global_zero:
-            m = trainer.callback_metrics
-            parts = [f"epoch {self.epochs_done}/{trainer.max_epochs}"]
-            parts += [f"{k} {float(m[k]):.4f}" for k in ("train/loss_epoch", "val/loss", "val/acc") if k in m]
-            parts.append(f"{time.perf_counter() - self._start:.1f}s")
-            print("  ".join(parts), flush=True)
+        self.epoch_seconds.append(round(time.perf_counter() - self._epoch_start, 3))
+
+    def _print_finished_epoch(self, trainer):
+        if not self.print_lines or not trainer.is_global_zero or self._printed == self.epochs_done:
+            return
+        self._printed = self.epochs_done
+        m = trainer.callback_metrics
+        parts = [f"epoch {self.epochs_done}/{trainer.max_epochs}"]
+        parts += [f"{k} {float(m[k]):.4f}" for k in ("train/loss_epoch", "val/loss", "val/acc") if k in m]
+        parts.append(f"{time.perf_counter() - self._start:.1f}s")
+        print("  ".join(parts), flush=True)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._print_finished_epoch(trainer)
+        self._epoch_start = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module):
+        self._print_finished_epoch(trainer)
         self.train_seconds = time.perf_counter() - self._start
 
 
@@ -172,6 +189,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
         "best_val_acc": float(classifier.val_acc_best.compute()),
         "epochs": progress.epochs_done,
         "train_seconds": round(progress.train_seconds, 3),
+        "epoch_seconds": progress.epoch_seconds,  # each epoch's training and validation
         "images_per_second": round(progress.epochs_done * datamodule.num_train_images
                                    / max(progress.train_seconds, 1e-9), 1),
         "params": sum(p.numel() for p in classifier.model.parameters()),
