@@ -11,3 +11,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Missing, truncated or malformed dataset files."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint to resume from that cannot be read or does not fit the configured model."""

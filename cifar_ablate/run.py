@@ -13,6 +13,7 @@ from typing import Optional
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -26,7 +27,7 @@ from cifar_ablate.augment import BatchAugment
 from cifar_ablate.classifier import Classifier
 from cifar_ablate.config import check_config
 from cifar_ablate.data import CIFAR10DataModule
-from cifar_ablate.errors import UserError
+from cifar_ablate.errors import CheckpointError, UserError
 from cifar_ablate.penalty import WeightPenalty
 from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
 from cifar_ablate.weight_init import init_weights
@@ -152,6 +153,21 @@ def read_metrics(run_dir: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def check_checkpoint(path: Path, classifier: Classifier) -> None:
+    """Refuse, in one line, a checkpoint that is truncated or was saved by another model or config."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as e:  # truncated zip, garbage, or an object weights_only will not unpickle
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}); delete it to start "
+                              "this run over") from None
+    expected = classifier.state_dict()
+    differ = sorted(k for k in expected.keys() | saved.keys()
+                    if k not in saved or k not in expected or saved[k].shape != expected[k].shape)
+    if differ:
+        raise CheckpointError(f"{path}: saved by a different model or config ({len(differ)} tensors differ, "
+                              f"e.g. {differ[0]}); use a new run dir, or delete the checkpoint to start over")
+
+
 def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -177,6 +193,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
     # An interrupted run continues from its last finished epoch: same data order, same weights.
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists():
+        check_checkpoint(last, classifier)
         log.info("%s: resuming from %s", run_dir.name, last)
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
     test = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]

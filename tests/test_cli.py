@@ -1,6 +1,7 @@
 """End to end, as a user types it: single runs, sweeps, their files, and bad input."""
 import csv
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_ablate.report import run_dirs
-from conftest import FAST, run_cli
+from conftest import FAST, run_cli, write_cifar_tree
 
 RUN_KEYS = {"status", "test_acc", "best_val_acc", "test_loss", "epochs", "train_seconds",
             "images_per_second", "params", "overrides"}
@@ -91,18 +92,38 @@ def test_a_diverging_run_is_a_result_with_status_diverged(tmp_path, cifar_root):
     assert metrics["status"] == "diverged" and metrics["epochs"] == 1
 
 
-BAD_VALUES = [
+BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("optimizer.lr=0", "optimizer.lr=0: must be > 0"),
+    ("optimizer.momentum=1.5", r"optimizer.momentum=1.5: must be in \[0, 1\)"),
+    ("optimizer.weight_decay=-1e-4", "optimizer.weight_decay=-0.0001: must be >= 0"),
+    ("model.dropout=-0.1", r"model.dropout=-0.1: must be in \[0, 1\)"),
+    ("model.activation=tanh", "model.activation=tanh: must be one of relu, swish, silu, leaky_relu"),
+    ("data.train_fraction=0", r"data.train_fraction=0.0: must be in \(0, 1\]"),
+    ("data.std=[0.2,0,0.2]", r"data.std=\[0.2, 0.0, 0.2\]: needs 3 values, all > 0"),
+    ("augment.crop_padding=-4", r"augment.crop_padding=-4: must be in \[0, 16\]"),
+    ("augment.brightness=2", r"augment.brightness=2.0: must be in \[0, 1\]"),
+    ("regularization.l1=-1", "regularization.l1=-1.0: must be >= 0"),
+    ("regularization.layers=[fc9]", "regularization.layers=\\['fc9'\\]: LeNet has no layer fc9; its layers are conv1, conv2, fc1, fc2, fc3"),
+    ("seed=-1", r"seed=-1: must be in \[0, 2\*\*32\)"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0: must be >= 1"),
     ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be > 0"),
     ("model.dropout=1.0", r"model.dropout=1.0: must be in \[0, 1\)"),
     ("data.batch_size=0", "data.batch_size=0: must be >= 1"),
     ("data.val_size=300", r"data.val_size=300: must be in \[0, 300\) for the 300 training images"),
     ("data.root={tmp}/empty", "data.root=.*/empty: no CIFAR-10 at .*set data.download=true"),
+    ("data.root={tmp}/truncated", ".*/data_batch_2: not a readable CIFAR-10 batch"),
+    ("data.root={tmp}/labels", r".*/test_batch: labels must lie in 0..9, found 0..12"),
 ]
 
 
 @pytest.mark.parametrize("override, message", BAD_VALUES)
 def test_bad_value_stops_before_training_with_one_line(tmp_path, cifar_root, override, message):
+    broken = write_cifar_tree(tmp_path / "truncated", per_batch=10, test_images=10) / "data_batch_2"
+    broken.write_bytes(broken.read_bytes()[:500])
+    test_batch = write_cifar_tree(tmp_path / "labels", per_batch=10, test_images=10) / "test_batch"
+    batch = pickle.loads(test_batch.read_bytes())
+    batch["labels"][3] = 12
+    test_batch.write_bytes(pickle.dumps(batch))
     args = [f"data.root={cifar_root}", *FAST, "hydra.run.dir=run", override.format(tmp=tmp_path)]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2

@@ -66,3 +66,21 @@ def test_dirs_started_in_the_same_second_never_collide(tmp_path):
     first, second = fresh_dir(str(tmp_path / "18-30-05")), fresh_dir(str(tmp_path / "18-30-05"))
     assert first != second and os.path.isdir(first) and os.path.isdir(second)
     assert second.endswith("18-30-05-2")
+
+
+def test_a_checkpoint_from_another_model_or_truncated_is_refused_in_one_line(tmp_path, cifar_root):
+    args = [f"data.root={cifar_root}", *FAST, "hydra.run.dir=run"]
+    assert run_cli(*args, "model=lenet", cwd=tmp_path).returncode == 0
+    (tmp_path / "run" / "metrics.json").unlink()  # as if interrupted after its last epoch
+
+    other = run_cli(*args, "model=lenet_bn", cwd=tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert other.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}: saved by a different model or config")
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    truncated = run_cli(*args, "model=lenet", cwd=tmp_path)
+    assert truncated.returncode == 2 and "Traceback" not in truncated.stderr
+    assert "not a readable checkpoint" in truncated.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run" / "metrics.json").exists()
