@@ -15,9 +15,9 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -33,6 +33,7 @@ from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
 from cifar_ablate.weight_init import init_weights
 
 log = logging.getLogger(__name__)
+
 
 def run_name(override_dirname: str, job_num: int) -> str:
     """A sweep's run dir name (and TensorBoard run name): Hydra's override_dirname, e.g. `model=lenet_bn`."""
