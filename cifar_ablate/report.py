@@ -118,12 +118,12 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict]) ->
     multi_seed = any(v["n"] > 1 for v in variants)
     lines = [f"# Sweep {sweep_dir.name}", ""]
     if multi_seed:
-        lines += ["| variant | n | test_acc (mean ± std) | best_val_acc (mean ± std) | Δ test_acc vs baseline "
-                  "| p (Welch) | differs at 95%? | epochs | train s |", "|" + "---|" * 9]
+        lines += ["| variant | status | n | test_acc (mean ± std) | best_val_acc (mean ± std) "
+                  "| Δ test_acc vs baseline | p (Welch) | differs at 95%? | epochs | train s |", "|" + "---|" * 10]
         for v in variants:
             verdict = ("baseline" if v["baseline"] else
                        "untested (n < 2 or no spread)" if v["differs"] is None else "yes" if v["differs"] else "no")
-            lines.append(f"| {v['variant']} | {v['n']} | {_pm(v['test_acc_mean'], v['test_acc_std'])} "
+            lines.append(f"| {v['variant']} | {v['status']} | {v['n']} | {_pm(v['test_acc_mean'], v['test_acc_std'])} "
                          f"| {_pm(v['best_val_acc_mean'], v['best_val_acc_std'])} "
                          f"| {'' if v['baseline'] else _fmt(v['delta_vs_baseline'])} | {_fmt(v['p_value'], 3)} "
                          f"| {verdict} | {_fmt(v['epochs_mean'], 1)} | {_fmt(v['train_seconds_mean'], 1)} |")
