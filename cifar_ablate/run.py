@@ -217,8 +217,12 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
         "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
         "job_num": hydra_cfg.job.get("num", 0),
     }
-    logger.log_hyperparams(hparams_of(cfg, metrics["choices"]),
-                           {f"hparams/{k}": metrics[k] for k in ("test_acc", "test_loss", "best_val_acc")})
+    final = {f"hparams/{k}": metrics[k] for k in ("test_acc", "test_loss", "best_val_acc")}
+    if isinstance(logger, TensorBoardLogger):  # the HPARAMS tab pairs hyperparameters with these metrics
+        logger.log_hyperparams(hparams_of(cfg, metrics["choices"]), final)
+    else:
+        logger.log_hyperparams(hparams_of(cfg, metrics["choices"]))
+        logger.log_metrics(final)
     logger.finalize("success")
     return metrics
 

@@ -1,9 +1,12 @@
 """Finished work is never lost or redone; interrupted work continues where it stopped."""
+import csv
 import json
 import os
+import random
 import subprocess
 import sys
 
+from cifar_ablate.report import read_curves
 from cifar_ablate.run import fresh_dir
 from conftest import FAST, REPO, run_cli
 
@@ -84,3 +87,61 @@ def test_a_checkpoint_from_another_model_or_truncated_is_refused_in_one_line(tmp
     assert truncated.returncode == 2 and "Traceback" not in truncated.stderr
     assert "not a readable checkpoint" in truncated.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# A sweep whose runs fail at random (seeded) and whose process is SIGKILLed when it reaches one run.
+FLAKY_SWEEP = """
+import os, random, signal
+from cifar_ablate import run
+failing = set(random.Random(7).sample(range(30), 5)) if os.environ.get("SOAK_FAIL") else set()
+kill_at = int(os.environ.get("SOAK_KILL_AT", "-1"))
+train = run.train
+def flaky_train(cfg, run_dir, progress):
+    if cfg.seed == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if cfg.seed in failing:
+        raise RuntimeError("injected failure")
+    return train(cfg, run_dir, progress)
+run.train = flaky_train
+run.main()
+"""
+
+
+def test_soak_thirty_runs_with_failures_and_a_kill_end_fully_accounted_for(tmp_path, cifar_root):
+    args = ["-m", "seed=range(0,30)", f"data.root={cifar_root}", *FAST, "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1", "logger=csv", "hydra.sweep.dir=sweep"]
+    sweep = tmp_path / "sweep"
+
+    def sweep_pass(**env):
+        return subprocess.run([sys.executable, "-c", FLAKY_SWEEP, *args], cwd=tmp_path, timeout=900,
+                              env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True)
+
+    def statuses():
+        return {int(d.name.split("=")[1]): json.loads((d / "metrics.json").read_text())["status"]
+                for d in sweep.glob("seed=*") if (d / "metrics.json").exists()}
+
+    killed = sweep_pass(SOAK_FAIL="1", SOAK_KILL_AT="17")
+    assert killed.returncode == -9
+    first = statuses()
+    assert sorted(first) == list(range(17))  # the killed run and those after it left no result
+    assert sorted(s for s, status in first.items() if status == "failed") == [
+        s for s in sorted(random.Random(7).sample(range(30), 5)) if s < 17]
+    done_first = {s: (sweep / f"seed={s}" / "metrics.json").stat().st_mtime_ns
+                  for s, status in first.items() if status == "completed"}
+
+    resumed = sweep_pass(SOAK_FAIL="1")  # failures still injected: they stay failed, the sweep says so
+    assert resumed.returncode == 1
+    second = statuses()
+    assert len(second) == 30 and sorted(s for s, v in second.items() if v == "failed") == sorted(
+        random.Random(7).sample(range(30), 5))
+
+    healed = sweep_pass()  # the flaky cause is gone: only the 5 failed runs are redone
+    assert healed.returncode == 0, healed.stderr[-2000:]
+    assert set(statuses().values()) == {"completed"} and len(statuses()) == 30
+    for s, mtime in done_first.items():  # nothing completed twice
+        assert (sweep / f"seed={s}" / "metrics.json").stat().st_mtime_ns == mtime
+    rows = list(csv.DictReader(open(sweep / "runs.csv")))
+    assert len(rows) == 30 and all(r["status"] == "completed" for r in rows)
+    # logger=csv: the report reads its curves from each run's metrics.csv.
+    curves = read_curves(sweep / "seed=0")
+    assert (sweep / "seed=0" / "metrics.csv").exists() and len(curves["val/acc"]) == len(curves["train/loss_epoch"]) == 1
