@@ -87,7 +87,7 @@ class Classifier(L.LightningModule):
     def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy):
         x, y = batch
         logits = self(x)
-        accuracy(logits, y)
+        accuracy.update(logits, y)  # the logged Metric object is computed once, at epoch end
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
         self.log(f"{stage}/acc", accuracy, on_epoch=True, batch_size=len(y))
 
@@ -96,7 +96,7 @@ class Classifier(L.LightningModule):
 
     def on_validation_epoch_end(self):
         if not self.trainer.sanity_checking:
-            self.val_acc_best(self.val_acc.compute())
+            self.val_acc_best.update(self.val_acc.compute())
             self.log("val/acc_best", self.val_acc_best.compute())
 
     def test_step(self, batch, batch_idx):

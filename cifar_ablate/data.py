@@ -253,10 +253,10 @@ class CIFAR10DataModule(L.LightningDataModule):
                               f"images at {self.root} (0 validates on the test set)")
         # The split depends on split_seed alone, so runs with different seeds validate on the same images.
         order = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(self.split_seed, 0, 2)))
-        val_idx, train_idx = order[:self.val_size], order[self.val_size:]
+        val_idx, train_idx = order[:self.val_size].sort().values, order[self.val_size:]
         train_idx = train_idx[:max(1, round(len(train_idx) * self.train_fraction))].sort().values
         self.splits = {"train": (train_x[train_idx], train_y[train_idx]),
-                       "val": (train_x[val_idx.sort().values], train_y[val_idx.sort().values]) if self.val_size else test,
+                       "val": (train_x[val_idx], train_y[val_idx]) if self.val_size else test,
                        "test": test}
 
     @property

@@ -142,11 +142,17 @@ def build_classifier(cfg: DictConfig) -> Classifier:
 
 def hparams_of(cfg: DictConfig, choices: dict) -> dict:
     """What the HPARAMS tab shows: the group choices and the values most studies vary."""
-    params = {group: str(choice) for group, choice in choices.items() if not group.startswith("hydra")}
+    params = {group: str(choice) for group, choice in choices.items()}
     params.update({"seed": cfg.seed, "batch_size": cfg.data.batch_size, "lr": cfg.optimizer.lr,
                    "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "dropout": cfg.model.get("dropout", 0.0),
                    "l1": cfg.regularization.l1, "l2": cfg.regularization.l2})
     return params
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """What every metrics.json says about which run it is, completed or failed."""
+    hydra_cfg = HydraConfig.get()
+    return {"seed": cfg.seed, "overrides": list(hydra_cfg.overrides.task), "job_num": hydra_cfg.job.get("num", 0)}
 
 
 def read_metrics(run_dir: Path) -> Optional[dict]:
@@ -211,11 +217,9 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
         "images_per_second": round(progress.epochs_done * datamodule.num_train_images
                                    / max(progress.train_seconds, 1e-9), 1),
         "params": sum(p.numel() for p in classifier.model.parameters()),
-        "seed": cfg.seed,
         "name": cfg.name or run_dir.name,
-        "overrides": list(hydra_cfg.overrides.task),
         "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
-        "job_num": hydra_cfg.job.get("num", 0),
+        **run_identity(cfg),
     }
     final = {f"hparams/{k}": metrics[k] for k in ("test_acc", "test_loss", "best_val_acc")}
     if isinstance(logger, TensorBoardLogger):  # the HPARAMS tab pairs hyperparameters with these metrics
@@ -251,7 +255,7 @@ def main(cfg: DictConfig) -> Optional[float]:
         log.exception("run failed")
         write_json(run_dir / "metrics.json", {
             "status": "failed", "error": f"{type(e).__name__}: {e}", "epoch": progress.epochs_done,
-            "seed": cfg.seed, "overrides": list(hydra_cfg.overrides.task), "job_num": hydra_cfg.job.get("num", 0)})
+            **run_identity(cfg)})
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
         return None

@@ -58,8 +58,8 @@ FAST = ["trainer.max_epochs=1", "data.val_size=50", "data.batch_size=32", "train
 
 def run_cli(*args: str, cwd: Path, module: str = "cifar_ablate", timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python -m <module> args` as a user types it, in `cwd`."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
-    env.pop("HYDRA_FULL_ERROR")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # errors as users see them
+    env["PYTHONPATH"] = str(REPO)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
