@@ -213,8 +213,8 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
         "best_val_acc": float(classifier.val_acc_best.compute()),
         "epochs": progress.epochs_done,
         "train_seconds": round(progress.train_seconds, 3),
-        "epoch_seconds": progress.epoch_seconds,  # each epoch's training and validation
-        "images_per_second": round(progress.epochs_done * datamodule.num_train_images
+        "epoch_seconds": progress.epoch_seconds,  # each epoch trained by this process (a resumed run: since resuming)
+        "images_per_second": round(len(progress.epoch_seconds) * datamodule.num_train_images
                                    / max(progress.train_seconds, 1e-9), 1),
         "params": sum(p.numel() for p in classifier.model.parameters()),
         "name": cfg.name or run_dir.name,

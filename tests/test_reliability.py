@@ -6,6 +6,8 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 from cifar_ablate.report import read_curves
 from cifar_ablate.run import fresh_dir
 from conftest import FAST, REPO, run_cli
@@ -43,6 +45,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, cifar_root)
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert b["epochs"] == 3
+    # Speed counts only what this process trained: epochs 2 and 3 of 250 images, over its own time.
+    assert len(b["epoch_seconds"]) == 2
+    # (train_seconds is stored rounded to ms; counting all 3 epochs would be 1.5x off)
+    assert b["images_per_second"] == pytest.approx(2 * 250 / b["train_seconds"], rel=0.02)
     assert (b["test_acc"], b["test_loss"], b["best_val_acc"]) == (a["test_acc"], a["test_loss"], a["best_val_acc"])
 
 
