@@ -1,3 +1,4 @@
-from cifar_ablate.run import main
+from cifar_ablate.run import cli
 
-main()
+if __name__ == "__main__":  # not when a spawned DDP process imports this module
+    cli()

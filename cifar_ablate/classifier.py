@@ -36,7 +36,10 @@ class Classifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)  # kept in checkpoints, so a resumed run knows its best epoch
+        # Kept in checkpoints: a resumed run knows its best epoch, and one resumed mid-epoch continues
+        # that epoch's training sums.
+        for metric in (self.val_acc_best, self.train_acc, self.train_loss, self.train_penalty):
+            metric.persistent(True)
         self.diverged = False
 
     def on_fit_start(self):
@@ -48,6 +51,11 @@ class Classifier(L.LightningModule):
         if self.channels_last and x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
+
+    def on_train_epoch_start(self):
+        # Not called when a run resumes inside an epoch (Lightning), so the restored sums continue.
+        for metric in (self.train_loss, self.train_acc, self.train_penalty):
+            metric.reset()
 
     def _logging_step(self) -> bool:
         """True on the steps whose values Lightning hands to the logger (every log_every_n_steps)."""
@@ -77,8 +85,6 @@ class Classifier(L.LightningModule):
         self.log("train/acc_epoch", self.train_acc.compute())
         if self.penalty is not None:
             self.log("train/penalty_epoch", self.train_penalty.compute())
-        for metric in (self.train_loss, self.train_acc, self.train_penalty):
-            metric.reset()
         # One host sync per epoch: a non-finite loss ends the run as "diverged", a result, not a crash.
         if not torch.isfinite(epoch_loss):
             self.diverged = True

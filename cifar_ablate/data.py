@@ -150,6 +150,8 @@ class TensorBatches:
 
     Every epoch: a seeded permutation, then per batch one gather, the batched augmentation and the
     normalization, all as tensor ops on the device; no per-image Python and no worker processes.
+    Stateful for Lightning: a checkpoint saved mid-epoch records how many batches were served, and the
+    resumed epoch skips them (replaying their augmentation draws) so it continues bit-identically.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
@@ -163,25 +165,41 @@ class TensorBatches:
         shape = (1, 3, 1, 1)
         self.mean = None if mean is None else torch.tensor(mean, device=images.device).view(shape)
         self.std = None if std is None else torch.tensor(std, device=images.device).view(shape)
+        self.position = {"epoch": -1, "batches": 0}  # batches served so far in that epoch
+        self._resume_at: Optional[dict] = None
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
 
+    def state_dict(self) -> dict:
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = dict(state)
+
     def __iter__(self):
         epoch = self.epoch()
+        resume_at, self._resume_at = self._resume_at, None
+        skip = resume_at["batches"] if resume_at and resume_at["epoch"] == epoch else 0
+        self.position = {"epoch": epoch, "batches": 0}
         order = epoch_indices(len(self.images), self.shuffle, self.seed, epoch, self.rank, self.world_size)
         order = order.to(self.images.device)
         generator = None
         if self.augment is not None:
             generator = torch.Generator(device=self.images.device)
             generator.manual_seed(stream_seed(self.seed, epoch, 1))
-        for start in range(0, len(order), self.batch_size):
+        for batch, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start:start + self.batch_size]
+            if batch < skip:  # served before the checkpoint: only advance the augmentation's generator
+                if self.augment is not None:
+                    self.augment(self.images[idx].float(), generator)
+                continue
             x = self.images[idx].float().mul_(1.0 / 255)  # the same arithmetic as torchvision's ToDtype
             if self.augment is not None:
                 x = self.augment(x, generator)
             if self.mean is not None:
                 x = (x - self.mean) / self.std
+            self.position["batches"] = batch + 1
             yield x, self.labels[idx]
 
 

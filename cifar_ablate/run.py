@@ -6,14 +6,15 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
@@ -21,13 +22,16 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf.errors import InterpolationResolutionError
 
 from cifar_ablate.augment import BatchAugment
 from cifar_ablate.classifier import Classifier
 from cifar_ablate.config import check_config
 from cifar_ablate.data import CIFAR10DataModule
-from cifar_ablate.errors import CheckpointError, UserError
+from cifar_ablate.checkpointing import ResumeCheckpoint, check_checkpoint
+from cifar_ablate.errors import UserError
 from cifar_ablate.penalty import WeightPenalty
 from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
 from cifar_ablate.weight_init import init_weights
@@ -54,6 +58,28 @@ class RunNaming(HydraCallback):
         with read_write(config.hydra):
             config.hydra.overrides.hydra.append(
                 f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]")
+
+
+class OutputDirCheck(HydraCallback):
+    """Stops in one line, before anything runs, when the run or sweep dir cannot be created or written."""
+
+    def on_run_start(self, config: DictConfig, **kwargs):
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs):
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str):
+        try:
+            path = Path(OmegaConf.select(config, key))  # resolving the default dir creates it
+            path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()
+        except (OSError, InterpolationResolutionError) as e:
+            reason = (e.__cause__ or e.__context__ or e) if isinstance(e, InterpolationResolutionError) else e
+            print(f"error: {key}: cannot write the output dir ({reason}); pass a writable {key}=<dir>",
+                  file=sys.stderr)
+            sys.exit(2)
 
 
 def fresh_dir(path: str) -> str:
@@ -89,7 +115,7 @@ class RunProgress(Callback):
         self._printed = 0
 
     def on_train_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+        self._start = self._epoch_start = time.perf_counter()  # a run resumed mid-epoch starts no epoch
         self._printed = self.epochs_done = trainer.current_epoch  # a resumed run starts past 0
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -160,22 +186,7 @@ def read_metrics(run_dir: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def check_checkpoint(path: Path, classifier: Classifier) -> None:
-    """Refuse, in one line, a checkpoint that is truncated or was saved by another model or config."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as e:  # truncated zip, garbage, or an object weights_only will not unpickle
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}); delete it to start "
-                              "this run over") from None
-    expected = classifier.state_dict()
-    differ = sorted(k for k in expected.keys() | saved.keys()
-                    if k not in saved or k not in expected or saved[k].shape != expected[k].shape)
-    if differ:
-        raise CheckpointError(f"{path}: saved by a different model or config ({len(differ)} tensors differ, "
-                              f"e.g. {differ[0]}); use a new run dir, or delete the checkpoint to start over")
-
-
-def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
+def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeCheckpoint) -> dict:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     classifier = build_classifier(cfg)  # model weights drawn right after seeding
@@ -190,17 +201,17 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress) -> dict:
     if trainer_cfg.get("enable_progress_bar") is None:
         trainer_cfg["enable_progress_bar"] = sys.stdout.isatty()
     progress.print_lines = not trainer_cfg["enable_progress_bar"]
-    callbacks = [progress, LearningRateMonitor(),
+    callbacks = [progress, LearningRateMonitor(), resume,
                  # No monitor and top-1: last.ckpt is rewritten at the end of every epoch.
-                 ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)]
+                 ModelCheckpoint(dirpath=resume.path.parent, filename=resume.path.stem, enable_version_counter=False)]
     if trainer_cfg["enable_progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=20))  # redrawing every step costs more than the step
     trainer = instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
 
-    # An interrupted run continues from its last finished epoch: same data order, same weights.
-    last = run_dir / "checkpoints" / "last.ckpt"
+    # An interrupted run continues where its checkpoint was taken: same data order, weights and RNG.
+    last = resume.path
     if last.exists():
-        check_checkpoint(last, classifier)
+        check_checkpoint(last, classifier.state_dict())
         log.info("%s: resuming from %s", run_dir.name, last)
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
     test = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]
@@ -240,16 +251,26 @@ def main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     progress = RunProgress(print_lines=False)
+    resume = ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt")
     previous = read_metrics(run_dir)
     if previous is not None and previous.get("status") in ("completed", "diverged"):
         # Re-running a sweep into its dir redoes only what has no result yet.
         log.info("%s: already %s, skipping (delete its metrics.json to rerun)", run_dir.name, previous["status"])
         return previous.get("best_val_acc")
     try:
-        metrics = train(cfg, run_dir, progress)
+        metrics = train(cfg, run_dir, progress, resume)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:
+        # Stopped by a signal: not a result. The same command continues from the checkpoint; a sweep stops.
+        signame = signal.Signals(resume.stopped_by).name
+        saved = f"{resume.path} saved" if resume.path.exists() else "no checkpoint yet"
+        write_json(run_dir / "metrics.json", {"status": "interrupted", "signal": signame,
+                                              "epoch": progress.epochs_done, **run_identity(cfg)})
+        print(f"{run_dir}: stopped by {signame} in epoch {progress.epochs_done + 1}; {saved}; "
+              "run the same command to continue", file=sys.stderr)
+        sys.exit(128 + resume.stopped_by)
     except Exception as e:
         # A crashed run is recorded as such; in a sweep the other runs go on and the sweep exits non-zero.
         log.exception("run failed")
@@ -264,3 +285,41 @@ def main(cfg: DictConfig) -> Optional[float]:
              metrics["test_acc"], metrics["best_val_acc"], metrics["status"], metrics["epochs"],
              metrics["train_seconds"])
     return metrics["best_val_acc"]
+
+
+def resume_overrides(args: list[str]) -> list[str]:
+    """Turn `resume=<run dir>` into the overrides that run was started with plus `hydra.run.dir=<run dir>`:
+    the same command into the same dir, which continues from its checkpoint. Other arguments may only
+    change where and how it runs (the keys never part of a run's name, e.g. trainer.accelerator)."""
+    given = [a for a in args if a.startswith("resume=")]
+    if not given:
+        return args
+    run_dir = Path(given[-1].split("=", 1)[1])
+    if {"-m", "--multirun"} & set(args):
+        raise UserError(f"{given[-1]}: continues one run; to continue a sweep, rerun its command with "
+                        "hydra.sweep.dir=<its dir>")
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise UserError(f"{given[-1]}: not a run dir (no {saved}); pass the dir holding the run's metrics.json "
+                        "and checkpoints/")
+    where_and_how = set(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+    others = [a for a in args if not a.startswith("resume=")]
+    changed = [a for a in others if a.split("=", 1)[0].lstrip("+~") not in where_and_how]
+    if changed:
+        raise UserError(f"{given[-1]}: continues with the run's own config, so {changed[0]} cannot be given; "
+                        f"only where and how it runs may change ({', '.join(sorted(where_and_how))})")
+    quoted_dir = "'" + str(run_dir).replace("'", "\\'") + "'"  # a sweep's run dir holds '=' and ','
+    keys = {a.split("=", 1)[0] for a in others}
+    kept = [a for a in OmegaConf.load(saved) if a.split("=", 1)[0] not in keys]  # e.g. data.root moved
+    return [*kept, *others, "hydra.mode=RUN", f"hydra.run.dir={quoted_dir}"]
+
+
+def cli() -> None:
+    """`python -m cifar_ablate`: `main` with `resume=<run dir>` expanded first."""
+    try:
+        sys.argv[1:] = resume_overrides(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    main()
+

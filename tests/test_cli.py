@@ -147,6 +147,21 @@ def test_unknown_options_keys_and_types_are_refused(tmp_path, cifar_root, overri
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("args, key", [
+    (["hydra.run.dir=taken/run"], "hydra.run.dir"),
+    (["-m", "seed=0,1", "hydra.sweep.dir=taken/sweep"], "hydra.sweep.dir"),
+    ([], "hydra.run.dir"),  # the default outputs/runs/<date>/<time>, with ./outputs not a dir
+])
+def test_an_unwritable_output_dir_stops_in_one_line_before_anything_runs(tmp_path, cifar_root, args, key):
+    # A file where a dir should go: root may write anywhere, so permissions alone cannot make this case.
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "outputs").write_text("a file")
+    result = run_cli(*args, f"data.root={cifar_root}", *FAST, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.fullmatch(f"error: {key}: cannot write the output dir \\(.*Not a directory: .*\\); "
+                        f"pass a writable {key}=<dir>", result.stderr.strip())
+
+
 def test_report_compares_variants_over_seeds_and_draws_the_figures(tmp_path, cifar_root):
     """2 variants x 2 seeds: mean ± std, n, Welch's test against the baseline, PNG figures."""
     result = run_cli("-m", "model=lenet,lenet_bn", "seed=0,1", f"data.root={cifar_root}", *FAST,

@@ -3,13 +3,16 @@ import csv
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 
 import pytest
+import torch
+from hydra.types import RunMode
 
 from cifar_ablate.report import read_curves
-from cifar_ablate.run import fresh_dir
+from cifar_ablate.run import fresh_dir, resume_overrides
 from conftest import FAST, REPO, run_cli
 
 # Runs the CLI but SIGKILLs itself in the middle of epoch 2 (after 3 of its 8 batches).
@@ -50,6 +53,89 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, cifar_root)
     # (train_seconds is stored rounded to ms; counting all 3 epochs would be 1.5x off)
     assert b["images_per_second"] == pytest.approx(2 * 250 / b["train_seconds"], rel=0.02)
     assert (b["test_acc"], b["test_loss"], b["best_val_acc"]) == (a["test_acc"], a["test_loss"], a["best_val_acc"])
+
+
+# Runs the CLI but sends itself a signal in the middle of epoch 2 (in batch 3 of 8).
+SIGNAL_MID_EPOCH = """
+import os, signal, sys
+from cifar_ablate import classifier
+step = classifier.Classifier.training_step
+def signalling_step(self, batch, batch_idx):
+    if self.current_epoch == 1 and batch_idx == 3:
+        os.kill(os.getpid(), getattr(signal, os.environ["STOP_SIGNAL"]))
+    return step(self, batch, batch_idx)
+classifier.Classifier.training_step = signalling_step
+from cifar_ablate.run import main
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cifar_root):
+    """Dropout and augmentation draw random numbers every step: a resumed run must replay them exactly."""
+    args = [f"data.root={cifar_root}", *FAST, "trainer.max_epochs=3", "model=lenet_dropout", "augment=crop_flip"]
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    whole = run_cli(*args, "hydra.run.dir=whole", cwd=cwd)
+    assert whole.returncode == 0, whole.stderr
+    return args, cwd / "whole"
+
+
+@pytest.mark.parametrize("signame, how", [("SIGTERM", "same command"), ("SIGINT", "same command"),
+                                          ("SIGUSR1", "resume=")])
+def test_a_run_stopped_by_a_signal_saves_mid_epoch_and_resumes_bit_identically(tmp_path, uninterrupted, signame,
+                                                                              how):
+    args, whole = uninterrupted
+    env = {**os.environ, "PYTHONPATH": str(REPO), "STOP_SIGNAL": signame}
+    stopped = subprocess.run([sys.executable, "-c", SIGNAL_MID_EPOCH, *args, "hydra.run.dir=stopped"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    signum = getattr(signal, signame)
+    assert stopped.returncode == 128 + signum, stopped.stderr[-2000:]
+    run_dir = tmp_path / "stopped"
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"{run_dir}: stopped by {signame} in epoch 2; {run_dir / 'checkpoints' / 'last.ckpt'} saved; "
+        "run the same command to continue")
+    interrupted = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
+    assert (interrupted["status"], interrupted["signal"], interrupted["epoch"]) == ("interrupted", signame, 1)
+    saved = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 4  # mid-epoch
+
+    if how == "resume=":  # the run's own overrides are read back from its dir
+        resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    else:
+        resumed = run_cli(*args, "hydra.run.dir=stopped", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
+    assert b["status"] == "completed" and b["epochs"] == 3
+    assert (b["test_acc"], b["test_loss"], b["best_val_acc"]) == (a["test_acc"], a["test_loss"], a["best_val_acc"])
+    # The interrupted epoch's training loss covers all its batches, those before the signal included.
+    assert read_curves(tmp_path / "stopped")["train/loss_epoch"] == read_curves(whole)["train/loss_epoch"]
+
+
+def test_resume_expands_to_the_runs_own_overrides_into_its_dir(tmp_path, compose_config):
+    run_dir = tmp_path / "sweep" / "model=lenet_bn,seed=1"  # a sweep's run dir: '=' and ',' in its name
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- model=lenet_bn\n- seed=1\n- data.root=/old\n")
+    args = resume_overrides([f"resume={run_dir}", "data.root=/new", "trainer.accelerator=cpu"])
+    cfg = compose_config([a for a in args if not a.startswith("hydra.run.dir")], return_hydra_config=True)
+    assert (cfg.hydra.mode, cfg.model.batch_norm, cfg.seed, cfg.data.root) == (RunMode.RUN, True, 1, "/new")
+    cfg = compose_config(args, return_hydra_config=True)
+    assert cfg.hydra.run.dir == str(run_dir)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["resume=nowhere"], "error: resume=nowhere: not a run dir (no nowhere/.hydra/overrides.yaml); "),
+    (["resume=run", "model=lenet"], "error: resume=run: continues with the run's own config, so model=lenet "
+                                    "cannot be given; only where and how it runs may change ("),
+    (["-m", "resume=run"], "error: resume=run: continues one run; to continue a sweep, rerun its command with "
+                           "hydra.sweep.dir=<its dir>"),
+])
+def test_resume_refuses_what_would_not_continue_the_run(tmp_path, args, message):
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("- model=lenet_bn\n")
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith(message)
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "nowhere").exists()
 
 
 def test_rerunning_a_sweep_redoes_only_runs_without_a_result(tmp_path, cifar_root):
@@ -102,12 +188,12 @@ from cifar_ablate import run
 failing = set(random.Random(7).sample(range(30), 5)) if os.environ.get("SOAK_FAIL") else set()
 kill_at = int(os.environ.get("SOAK_KILL_AT", "-1"))
 train = run.train
-def flaky_train(cfg, run_dir, progress):
+def flaky_train(cfg, run_dir, *callbacks):
     if cfg.seed == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
     if cfg.seed in failing:
         raise RuntimeError("injected failure")
-    return train(cfg, run_dir, progress)
+    return train(cfg, run_dir, *callbacks)
 run.train = flaky_train
 run.main()
 """
