@@ -181,6 +181,10 @@ def run_identity(cfg: DictConfig) -> dict:
     return {"seed": cfg.seed, "overrides": list(hydra_cfg.overrides.task), "job_num": hydra_cfg.job.get("num", 0)}
 
 
+def objective(metrics: dict) -> Optional[float]:
+    return metrics["best_val_acc"] if metrics["status"] == "completed" else None
+
+
 def read_metrics(run_dir: Path) -> Optional[dict]:
     path = run_dir / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -248,6 +252,9 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> Optional[float]:
+    """Returns the objective a sweeper (Optuna) optimizes: the run's best validation accuracy, or None when
+    the run has none to offer (failed or diverged), which the Optuna sweeper records as a failed trial.
+    (Not NaN: hydra-optuna-sweeper 1.3.0.dev0 then tells Optuna a failure with a value and crashes.)"""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     progress = RunProgress(print_lines=False)
@@ -256,7 +263,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     if previous is not None and previous.get("status") in ("completed", "diverged"):
         # Re-running a sweep into its dir redoes only what has no result yet.
         log.info("%s: already %s, skipping (delete its metrics.json to rerun)", run_dir.name, previous["status"])
-        return previous.get("best_val_acc")
+        return objective(previous)
     try:
         metrics = train(cfg, run_dir, progress, resume)
     except UserError as e:
@@ -284,7 +291,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     log.info("%s: test_acc %.4f  best_val_acc %.4f  (%s, %d epochs, %.1f s)", metrics["name"],
              metrics["test_acc"], metrics["best_val_acc"], metrics["status"], metrics["epochs"],
              metrics["train_seconds"])
-    return metrics["best_val_acc"]
+    return objective(metrics)
 
 
 def resume_overrides(args: list[str]) -> list[str]:

@@ -1,16 +1,93 @@
-"""Sweeps through the launcher presets the project ships."""
+"""Sweeps through the launcher and sweeper presets the project ships: each trial gets its run dir and
+metrics.json, a failed trial is recorded while the others go on, and the sweep ends with its summary."""
 import csv
 import json
+import os
+import subprocess
+import sys
 
-from conftest import FAST, run_cli
+import pytest
+import yaml
+
+from conftest import FAST, REPO, run_cli
+
+# accumulate_grad_batches=0 makes Lightning raise inside that trial.
+TRIALS = ["trainer.accumulate_grad_batches=1", "trainer.accumulate_grad_batches=2",
+          "trainer.accumulate_grad_batches=0"]
 
 
-def test_parallel_launcher_runs_trials_at_once_and_summarizes(tmp_path, cifar_root):
-    result = run_cli("-m", "hydra/launcher=parallel", "model=lenet,lenet_bn", f"data.root={cifar_root}", *FAST,
-                     "hydra.sweep.dir=sweep", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    sweep = tmp_path / "sweep"
-    for name in ("model=lenet", "model=lenet_bn"):
-        assert json.loads((sweep / name / "metrics.json").read_text())["status"] == "completed"
-    assert [r["variant"] for r in csv.DictReader(open(sweep / "summary.csv"))] == ["model=lenet", "model=lenet_bn"]
+def assert_two_completed_one_failed(result, sweep):
+    assert result.returncode == 1, result.stderr[-3000:]  # a trial failed: the sweep says so
+    statuses = {name: json.loads((sweep / name / "metrics.json").read_text())["status"] for name in TRIALS}
+    assert list(statuses.values()) == ["completed", "completed", "failed"]
+    rows = list(csv.DictReader(open(sweep / "runs.csv")))
+    assert sorted(r["run"] for r in rows) == sorted(TRIALS)
+    assert "1 of 3 runs did not complete" in result.stderr
+
+
+def test_parallel_launcher_runs_trials_at_once_and_survives_a_failed_one(tmp_path, cifar_root):
+    result = run_cli("-m", "hydra/launcher=parallel", "trainer.accumulate_grad_batches=1,2,0",
+                     f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert_two_completed_one_failed(result, tmp_path / "sweep")
     assert "Joblib.Parallel(n_jobs=2" in result.stdout  # the trials really went through joblib
+
+
+def test_submitit_local_launcher_runs_each_trial_as_a_job_and_survives_a_failed_one(tmp_path, cifar_root):
+    result = run_cli("-m", "hydra/launcher=submitit_local", "trainer.accumulate_grad_batches=1,2,0",
+                     f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    assert_two_completed_one_failed(result, sweep)
+    # Each trial ran as its own submitit job, which left its pickled result and log there.
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 3
+
+
+def test_slurm_preset_starts_one_task_per_device(compose_config):
+    cfg = compose_config(["hydra/launcher=slurm", "trainer=gpu", "trainer.devices=4"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.max_num_timeout) == (4, 4, 3)
+
+
+# An Optuna search in which trial 1 raises.
+FLAKY_SEARCH = """
+from hydra.core.hydra_config import HydraConfig
+from cifar_ablate import run
+train = run.train
+def flaky_train(cfg, *rest):
+    if HydraConfig.get().job.num == 1:
+        raise RuntimeError("injected failure")
+    return train(cfg, *rest)
+run.train = flaky_train
+run.cli()
+"""
+
+
+def test_optuna_search_survives_a_failed_trial_reports_the_best_and_continues_from_storage(tmp_path, cifar_root):
+    import optuna
+
+    def search(n_trials, sweep_dir):
+        args = ["+hparams_search=simple_nn", f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.storage=sqlite:///study.db",
+                f"data.root={cifar_root}", *FAST, f"hydra.sweep.dir={sweep_dir}"]
+        return subprocess.run([sys.executable, "-c", FLAKY_SEARCH, *args], cwd=tmp_path, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+
+    first = search(3, "search")
+    assert first.returncode == 1, first.stderr[-3000:]  # the study finished; one trial failed
+    sweep = tmp_path / "search"
+    runs = {d.name: json.loads((d / "metrics.json").read_text()) for d in sweep.iterdir() if (d / "metrics.json").exists()}
+    assert sorted(r["status"] for r in runs.values()) == ["completed", "completed", "failed"]
+    # Each trial's dir is named by the values Optuna drew.
+    assert all(name.startswith("model.dropout=") and "optimizer.lr=" in name for name in runs)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "model.dropout"}
+    assert best["best_value"] == max(r["best_val_acc"] for r in runs.values() if r["status"] == "completed")
+    assert "Best value" in first.stdout + first.stderr
+
+    study = optuna.load_study(study_name="simple_nn", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert study.best_value == best["best_value"]
+
+    more = search(1, "search_more")  # the stored study goes on: a 4th trial
+    assert more.returncode == 0, more.stderr[-3000:]
+    study = optuna.load_study(study_name="simple_nn", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(study.trials) == 4 and study.trials[3].state.name == "COMPLETE"
