@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import MISSING, DictConfig
 
 from cifar_ablate.data import CIFAR10_MD5, CIFAR10_URL, MEAN, STD
@@ -125,6 +126,15 @@ def check_config(cfg: DictConfig) -> None:
     reg = cfg.regularization
     _require(reg.l1 >= 0, "regularization.l1", reg.l1, "must be >= 0")
     _require(reg.l2 >= 0, "regularization.l2", reg.l2, "must be >= 0")
+
+    devices, strategy = cfg.trainer.get("devices", 1), cfg.trainer.get("strategy", "auto")
+    several = (isinstance(devices, int) and (devices > 1 or devices == -1)) or cfg.trainer.get("num_nodes", 1) > 1
+    # Lightning's default DDP runs this command line again for every further process: a sweep once per
+    # process. Not under SLURM, whose tasks are the processes.
+    _require(not several or SLURMEnvironment.detect()
+             or strategy not in ("auto", "ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true"),
+             "trainer.strategy", strategy, "re-runs the whole command in each further process; for several "
+             "devices use trainer=ddp (ddp_spawn: workers for fit only)")
 
     max_epochs = cfg.trainer.get("max_epochs")
     _require(max_epochs is None or max_epochs >= 1 or cfg.trainer.get("max_steps", -1) > 0,

@@ -15,14 +15,17 @@ from typing import Optional
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import InterpolationResolutionError
 
@@ -95,6 +98,14 @@ def fresh_dir(path: str) -> str:
             suffix += 1
 
 
+def ddp_strategy() -> str:
+    """trainer=ddp's strategy: under SLURM, whose tasks are the processes (one per device), Lightning's
+    `ddp` joins them; elsewhere `ddp_spawn`, whose workers only train, because `ddp` would start the other
+    processes by running this command again, a sweep included."""
+    return "ddp" if SLURMEnvironment.detect() else "ddp_spawn"
+
+
+OmegaConf.register_new_resolver("ddp_strategy", ddp_strategy, replace=True)
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=True)
 
@@ -139,6 +150,22 @@ class RunProgress(Callback):
     def on_train_end(self, trainer, pl_module):
         self._print_finished_epoch(trainer)
         self.train_seconds = time.perf_counter() - self._start
+        # Under trainer=ddp (ddp_spawn) this runs in a worker process; Lightning sends rank 0's
+        # callback_metrics back to the process that called fit, so the counters go home with them.
+        trainer.callback_metrics.update({
+            "progress/epochs_done": torch.tensor(self.epochs_done),
+            "progress/train_seconds": torch.tensor(self.train_seconds, dtype=torch.float64),
+            "progress/epoch_seconds": torch.tensor(self.epoch_seconds, dtype=torch.float64),
+            "progress/diverged": torch.tensor(pl_module.diverged)})
+
+    def collect(self, trainer, classifier: Classifier) -> None:
+        """After fit, in the process that called it: take over what the (possibly spawned) workers counted."""
+        m = trainer.callback_metrics
+        if "progress/epochs_done" in m:  # absent when fit had no epoch left to train
+            self.epochs_done = int(m["progress/epochs_done"])
+            self.train_seconds = float(m["progress/train_seconds"])
+            self.epoch_seconds = m["progress/epoch_seconds"].tolist()
+            classifier.diverged = bool(m["progress/diverged"])
 
 
 def write_json(path: Path, content: dict) -> None:
@@ -205,11 +232,12 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
     if trainer_cfg.get("enable_progress_bar") is None:
         trainer_cfg["enable_progress_bar"] = sys.stdout.isatty()
     progress.print_lines = not trainer_cfg["enable_progress_bar"]
+    # Redrawing the bar every step costs more than the step.
+    bar = [TQDMProgressBar(refresh_rate=20)] if trainer_cfg["enable_progress_bar"] else []
     callbacks = [progress, LearningRateMonitor(), resume,
                  # No monitor and top-1: last.ckpt is rewritten at the end of every epoch.
-                 ModelCheckpoint(dirpath=resume.path.parent, filename=resume.path.stem, enable_version_counter=False)]
-    if trainer_cfg["enable_progress_bar"]:
-        callbacks.append(TQDMProgressBar(refresh_rate=20))  # redrawing every step costs more than the step
+                 ModelCheckpoint(dirpath=resume.path.parent, filename=resume.path.stem, enable_version_counter=False),
+                 *bar]
     trainer = instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
 
     # An interrupted run continues where its checkpoint was taken: same data order, weights and RNG.
@@ -218,14 +246,22 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         check_checkpoint(last, classifier.state_dict())
         log.info("%s: resuming from %s", run_dir.name, last)
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
-    test = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]
+    progress.collect(trainer, classifier)
+    tester = trainer
+    if trainer.world_size > 1:
+        # Test here on one device: DDP would pad the test set with repeated images so that every process
+        # gets as many (skewing test_acc), and a spawn strategy would start its workers once more.
+        one_device = {"devices": 1, "num_nodes": 1, "strategy": "auto", "sync_batchnorm": False}
+        tester = instantiate({**trainer_cfg, **one_device}, logger=logger, callbacks=bar, enable_checkpointing=False,
+                             default_root_dir=str(run_dir))
+    test = tester.test(classifier, datamodule=datamodule, verbose=False)[0]
 
     hydra_cfg = HydraConfig.get()
     metrics = {
         "status": "diverged" if classifier.diverged else "completed",
         "test_acc": test["test/acc"],
         "test_loss": test["test/loss"],
-        "best_val_acc": float(classifier.val_acc_best.compute()),
+        "best_val_acc": float(classifier.val_acc_best.max_value),  # also right where fit ran in workers
         "epochs": progress.epochs_done,
         "train_seconds": round(progress.train_seconds, 3),
         "epoch_seconds": progress.epoch_seconds,  # each epoch trained by this process (a resumed run: since resuming)
@@ -257,6 +293,8 @@ def main(cfg: DictConfig) -> Optional[float]:
     (Not NaN: hydra-optuna-sweeper 1.3.0.dev0 then tells Optuna a failure with a value and crashes.)"""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    # Under SLURM with trainer=ddp every task runs this function; only rank 0 records the run.
+    records = rank_zero_only.rank == 0
     progress = RunProgress(print_lines=False)
     resume = ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt")
     previous = read_metrics(run_dir)
@@ -273,21 +311,24 @@ def main(cfg: DictConfig) -> Optional[float]:
         # Stopped by a signal: not a result. The same command continues from the checkpoint; a sweep stops.
         signame = signal.Signals(resume.stopped_by).name
         saved = f"{resume.path} saved" if resume.path.exists() else "no checkpoint yet"
-        write_json(run_dir / "metrics.json", {"status": "interrupted", "signal": signame,
-                                              "epoch": progress.epochs_done, **run_identity(cfg)})
+        if records:
+            write_json(run_dir / "metrics.json", {"status": "interrupted", "signal": signame,
+                                                  "epoch": progress.epochs_done, **run_identity(cfg)})
         print(f"{run_dir}: stopped by {signame} in epoch {progress.epochs_done + 1}; {saved}; "
               "run the same command to continue", file=sys.stderr)
         sys.exit(128 + resume.stopped_by)
     except Exception as e:
         # A crashed run is recorded as such; in a sweep the other runs go on and the sweep exits non-zero.
         log.exception("run failed")
-        write_json(run_dir / "metrics.json", {
-            "status": "failed", "error": f"{type(e).__name__}: {e}", "epoch": progress.epochs_done,
-            **run_identity(cfg)})
+        if records:
+            write_json(run_dir / "metrics.json", {
+                "status": "failed", "error": f"{type(e).__name__}: {e}", "epoch": progress.epochs_done,
+                **run_identity(cfg)})
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
         return None
-    write_json(run_dir / "metrics.json", metrics)
+    if records:
+        write_json(run_dir / "metrics.json", metrics)
     log.info("%s: test_acc %.4f  best_val_acc %.4f  (%s, %d epochs, %.1f s)", metrics["name"],
              metrics["test_acc"], metrics["best_val_acc"], metrics["status"], metrics["epochs"],
              metrics["train_seconds"])

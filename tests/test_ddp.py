@@ -1,0 +1,76 @@
+"""Data-parallel training (trainer=ddp): 2 gloo processes on the CPU, one run alone and a sweep of two."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from conftest import FAST, REPO, run_cli
+
+DDP = ["trainer=ddp", "trainer.devices=2", *FAST, "trainer.max_epochs=2"]  # FAST: accelerator=cpu, so gloo
+
+# Runs the CLI; every training step appends which process trained on which images to rank<N>.jsonl.
+# A script file, not -c: spawned workers import the main script again (as __mp_main__, so the guard
+# keeps them from running main) and the patch reaches them.
+COUNT_RANKS = '''
+import hashlib, json, os
+from cifar_ablate import classifier
+step = classifier.Classifier.training_step
+def counting_step(self, batch, batch_idx):
+    with open(f"rank{self.global_rank}.jsonl", "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "epoch": self.current_epoch,
+                            "images": [hashlib.md5(x.numpy().tobytes()).hexdigest() for x in batch[0]]}) + "\\n")
+    return step(self, batch, batch_idx)
+classifier.Classifier.training_step = counting_step
+if __name__ == "__main__":
+    from cifar_ablate.run import main
+    main()
+'''
+
+
+def run_files(run_dir):
+    return {p.name for p in run_dir.iterdir() if not p.name.startswith("events.out.tfevents.")}
+
+
+def test_a_ddp_run_trains_on_both_processes_with_disjoint_halves_and_reports_once(tmp_path, cifar_root):
+    (tmp_path / "count_ranks.py").write_text(COUNT_RANKS)
+    result = subprocess.run([sys.executable, "count_ranks.py", f"data.root={cifar_root}", *DDP, "hydra.run.dir=run"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["count_ranks.py", "rank0.jsonl", "rank1.jsonl", "run"]
+    assert run_files(tmp_path / "run") == {".hydra", "checkpoints", "hparams.yaml", "metrics.json", "run.log"}
+    assert result.stdout.count("epoch 1/2 ") == 1  # epoch lines from rank 0 only
+
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # Counted in the workers and brought back to the process that writes metrics.json.
+    assert (metrics["status"], metrics["epochs"], len(metrics["epoch_seconds"])) == ("completed", 2, 2)
+    assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
+    assert round(metrics["test_acc"] * 50, 4) % 1 == 0  # tested on exactly the 50 test images, none twice
+
+    steps = {r: [json.loads(line) for line in open(tmp_path / f"rank{r}.jsonl")] for r in (0, 1)}
+    assert len({s["pid"] for s in steps[0]} | {s["pid"] for s in steps[1]}) == 2  # one process per rank
+    for epoch in (0, 1):
+        seen = [[h for s in steps[r] if s["epoch"] == epoch for h in s["images"]] for r in (0, 1)]
+        assert [len(s) for s in seen] == [125, 125] and len(set(seen[0] + seen[1])) == 250  # 300 - 50 val
+        assert [sum(s["epoch"] == epoch for s in steps[r]) for r in (0, 1)] == [4, 4]  # 8 batches of 32, split
+
+
+def test_a_ddp_sweep_runs_once_with_one_dir_and_result_per_trial(tmp_path, cifar_root):
+    result = run_cli("-m", "seed=0,1", f"data.root={cifar_root}", *DDP, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.stdout + result.stderr).count("Launching 2 jobs") == 1  # no worker re-ran the sweep
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep"]
+    sweep = tmp_path / "sweep"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["seed=0", "seed=1"]
+    for seed in (0, 1):
+        assert run_files(sweep / f"seed={seed}") == {".hydra", "checkpoints", "hparams.yaml", "metrics.json", "run.log"}
+        metrics = json.loads((sweep / f"seed={seed}" / "metrics.json").read_text())
+        assert (metrics["status"], metrics["seed"], metrics["epochs"]) == ("completed", seed, 2)
+    assert [r["run"] for r in csv.DictReader(open(sweep / "runs.csv"))] == ["seed=0", "seed=1"]
+
+
+def test_several_devices_with_lightnings_default_ddp_are_refused(tmp_path, cifar_root):
+    result = run_cli(f"data.root={cifar_root}", *FAST, "trainer.devices=2", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: trainer.strategy=auto: re-runs the whole")
