@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# One compute thread per process: the suite runs tests side by side (pytest -n auto), each starting
+# CLI processes; threads over the tiny fixture only contend. Inherited by every process a test starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_BATCH = 60   # images in each of the 5 training batches
