@@ -105,7 +105,18 @@ def ddp_strategy() -> str:
     return "ddp" if SLURMEnvironment.detect() else "ddp_spawn"
 
 
+def trial_gpu():
+    """trainer=gpu's devices: one GPU. In a sweep on a machine with several, trial n takes GPU n mod their
+    count, so trials run side by side on different GPUs (hydra/launcher=parallel, n_jobs = the count)."""
+    count = torch.cuda.device_count()
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if count < 2 or hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
+        return 1
+    return [hydra_cfg.job.num % count]
+
+
 OmegaConf.register_new_resolver("ddp_strategy", ddp_strategy, replace=True)
+OmegaConf.register_new_resolver("trial_gpu", trial_gpu, replace=True)
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=True)
 

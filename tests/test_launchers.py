@@ -91,3 +91,21 @@ def test_optuna_search_survives_a_failed_trial_reports_the_best_and_continues_fr
     assert more.returncode == 0, more.stderr[-3000:]
     study = optuna.load_study(study_name="simple_nn", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert len(study.trials) == 4 and study.trials[3].state.name == "COMPLETE"
+
+
+def test_gpu_trials_of_a_sweep_take_the_visible_gpus_in_turn(compose_config, monkeypatch):
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    try:
+        for mode, num, devices in (("RUN", 0, 1), ("MULTIRUN", 0, [0]), ("MULTIRUN", 5, [1]), ("MULTIRUN", 7, [3])):
+            cfg = compose_config(["trainer=gpu", f"hydra.mode={mode}", f"hydra.job.num={num}"],
+                                 return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            assert OmegaConf.to_container(cfg.trainer, resolve=True)["devices"] == devices
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU: every trial on it
+        assert OmegaConf.to_container(cfg.trainer, resolve=True)["devices"] == 1
+    finally:
+        HydraConfig.instance().cfg = None

@@ -180,6 +180,46 @@ def test_a_checkpoint_from_another_model_or_truncated_is_refused_in_one_line(tmp
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+# Six runs: seed 4 raises (while FAULTY is set), seed 5 diverges (a learning rate of 1e8).
+SIX_RUNS = """
+import os
+from cifar_ablate import run
+train = run.train
+def train_with_faults(cfg, *rest):
+    if cfg.seed == 4 and os.environ.get("FAULTY"):
+        raise RuntimeError("injected failure")
+    if cfg.seed == 5:
+        cfg.optimizer.lr = 1e8
+    return train(cfg, *rest)
+run.train = train_with_faults
+run.main()
+"""
+
+
+def test_a_sweep_with_a_diverging_and_a_raising_run_finishes_the_rest_and_reruns_only_the_failed(tmp_path, cifar_root):
+    args = ["-m", "seed=range(0,6)", f"data.root={cifar_root}", *FAST, "trainer.limit_val_batches=1",
+            "logger=csv", "hydra.sweep.dir=sweep"]
+
+    def sweep_pass(**env):
+        return subprocess.run([sys.executable, "-c", SIX_RUNS, *args], cwd=tmp_path, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True)
+
+    sweep = tmp_path / "sweep"
+    first = sweep_pass(FAULTY="1")
+    assert first.returncode == 1, first.stderr[-3000:]
+    rows = {r["run"]: r["status"] for r in csv.DictReader(open(sweep / "runs.csv"))}
+    assert rows == {**{f"seed={s}": "completed" for s in range(4)}, "seed=4": "failed", "seed=5": "diverged"}
+    summary = (sweep / "summary.md").read_text()
+    assert "seed=4 (failed: RuntimeError: injected failure)" in summary and "| seed=5 | diverged |" in summary
+    mtimes = {s: (sweep / f"seed={s}" / "metrics.json").stat().st_mtime_ns for s in range(6)}
+
+    second = sweep_pass()  # the cause is gone: only the failed run is redone
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert [s for s in range(6) if (sweep / f"seed={s}" / "metrics.json").stat().st_mtime_ns != mtimes[s]] == [4]
+    rows = {r["run"]: r["status"] for r in csv.DictReader(open(sweep / "runs.csv"))}
+    assert rows["seed=4"] == "completed" and rows["seed=5"] == "diverged"
+
+
 # A sweep whose runs fail at random (seeded) and whose process is SIGKILLed when it reaches one run.
 FLAKY_SWEEP = """
 import os, random, signal
