@@ -110,9 +110,11 @@ def trial_gpu():
     count, so trials run side by side on different GPUs (hydra/launcher=parallel, n_jobs = the count)."""
     count = torch.cuda.device_count()
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    if count < 2 or hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
+    # No job number in a single run, nor where a launcher reads the config to submit the sweep.
+    job_num = OmegaConf.select(hydra_cfg, "job.num", default=None) if hydra_cfg is not None else None
+    if count < 2 or job_num is None or hydra_cfg.mode != RunMode.MULTIRUN:
         return 1
-    return [hydra_cfg.job.num % count]
+    return [job_num % count]
 
 
 OmegaConf.register_new_resolver("ddp_strategy", ddp_strategy, replace=True)

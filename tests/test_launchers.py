@@ -105,6 +105,9 @@ def test_gpu_trials_of_a_sweep_take_the_visible_gpus_in_turn(compose_config, mon
                                  return_hydra_config=True)
             HydraConfig.instance().set_config(cfg)
             assert OmegaConf.to_container(cfg.trainer, resolve=True)["devices"] == devices
+        cfg = compose_config(["trainer=gpu", "hydra.mode=MULTIRUN"], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # as the launching process sees it: no job number
+        assert OmegaConf.to_container(cfg.trainer, resolve=True)["devices"] == 1
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU: every trial on it
         assert OmegaConf.to_container(cfg.trainer, resolve=True)["devices"] == 1
     finally:
