@@ -40,7 +40,8 @@ class Classifier(L.LightningModule):
         # that epoch's training sums.
         for metric in (self.val_acc_best, self.train_acc, self.train_loss, self.train_penalty):
             metric.persistent(True)
-        self.diverged = False
+        # A buffer, so it travels with the weights (back from DDP workers, into checkpoints).
+        self.register_buffer("diverged", torch.tensor(False))
 
     def on_fit_start(self):
         # Channels-last lets cuDNN pick its fastest convolutions; on CPU it only adds copies.
@@ -87,7 +88,7 @@ class Classifier(L.LightningModule):
             self.log("train/penalty_epoch", self.train_penalty.compute())
         # One host sync per epoch: a non-finite loss ends the run as "diverged", a result, not a crash.
         if not torch.isfinite(epoch_loss):
-            self.diverged = True
+            self.diverged.fill_(True)
             self.trainer.should_stop = True
 
     def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy):

@@ -168,17 +168,15 @@ class RunProgress(Callback):
         trainer.callback_metrics.update({
             "progress/epochs_done": torch.tensor(self.epochs_done),
             "progress/train_seconds": torch.tensor(self.train_seconds, dtype=torch.float64),
-            "progress/epoch_seconds": torch.tensor(self.epoch_seconds, dtype=torch.float64),
-            "progress/diverged": torch.tensor(pl_module.diverged)})
+            "progress/epoch_seconds": torch.tensor(self.epoch_seconds, dtype=torch.float64)})
 
-    def collect(self, trainer, classifier: Classifier) -> None:
+    def collect(self, trainer) -> None:
         """After fit, in the process that called it: take over what the (possibly spawned) workers counted."""
         m = trainer.callback_metrics
         if "progress/epochs_done" in m:  # absent when fit had no epoch left to train
             self.epochs_done = int(m["progress/epochs_done"])
             self.train_seconds = float(m["progress/train_seconds"])
             self.epoch_seconds = m["progress/epoch_seconds"].tolist()
-            classifier.diverged = bool(m["progress/diverged"])
 
 
 def write_json(path: Path, content: dict) -> None:
@@ -259,7 +257,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         check_checkpoint(last, classifier.state_dict())
         log.info("%s: resuming from %s", run_dir.name, last)
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
-    progress.collect(trainer, classifier)
+    progress.collect(trainer)
     tester = trainer
     if trainer.world_size > 1:
         # Test here on one device: DDP would pad the test set with repeated images so that every process
@@ -271,7 +269,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
 
     hydra_cfg = HydraConfig.get()
     metrics = {
-        "status": "diverged" if classifier.diverged else "completed",
+        "status": "diverged" if bool(classifier.diverged) else "completed",
         "test_acc": test["test/acc"],
         "test_loss": test["test/loss"],
         "best_val_acc": float(classifier.val_acc_best.max_value),  # also right where fit ran in workers

@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -60,11 +61,14 @@ def cifar_root(tmp_path_factory) -> Path:
 FAST = ["trainer.max_epochs=1", "data.val_size=50", "data.batch_size=32", "trainer.accelerator=cpu"]
 
 
-def run_cli(*args: str, cwd: Path, module: str = "cifar_ablate", timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python -m <module> args` as a user types it, in `cwd`."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # errors as users see them
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+def run_cli(*args: str, cwd: Path, module: str = "cifar_ablate", script: Optional[str] = None,
+            env: Optional[dict] = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args` as a user types it, in `cwd`; or, given `script`, `python -c <script>
+    args`: a script that patches cifar_ablate (to inject a fault or a signal) and then calls its entry point."""
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # errors as users see them
+    full_env.update(PYTHONPATH=str(REPO), **(env or {}))
+    program = ["-c", script] if script is not None else ["-m", module]
+    return subprocess.run([sys.executable, *program, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -1,15 +1,11 @@
-"""Sweeps through the launcher and sweeper presets the project ships: each trial gets its run dir and
+"""Sweeps through the launcher and sweeper presets the project uses: each trial gets its run dir and
 metrics.json, a failed trial is recorded while the others go on, and the sweep ends with its summary."""
 import csv
 import json
-import os
-import subprocess
-import sys
 
-import pytest
 import yaml
 
-from conftest import FAST, REPO, run_cli
+from conftest import FAST, run_cli
 
 # accumulate_grad_batches=0 makes Lightning raise inside that trial.
 TRIALS = ["trainer.accumulate_grad_batches=1", "trainer.accumulate_grad_batches=2",
@@ -68,8 +64,7 @@ def test_optuna_search_survives_a_failed_trial_reports_the_best_and_continues_fr
     def search(n_trials, sweep_dir):
         args = ["+hparams_search=simple_nn", f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.storage=sqlite:///study.db",
                 f"data.root={cifar_root}", *FAST, f"hydra.sweep.dir={sweep_dir}"]
-        return subprocess.run([sys.executable, "-c", FLAKY_SEARCH, *args], cwd=tmp_path, timeout=600,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+        return run_cli(*args, cwd=tmp_path, script=FLAKY_SEARCH, timeout=600)
 
     first = search(3, "search")
     assert first.returncode == 1, first.stderr[-3000:]  # the study finished; one trial failed

@@ -4,8 +4,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,18 +11,18 @@ from hydra.types import RunMode
 
 from cifar_ablate.report import read_curves
 from cifar_ablate.run import fresh_dir, resume_overrides
-from conftest import FAST, REPO, run_cli
+from conftest import FAST, run_cli
 
-# Runs the CLI but SIGKILLs itself in the middle of epoch 2 (after 3 of its 8 batches).
-KILL_MID_EPOCH = """
-import os, signal, sys
+# Runs the CLI but sends itself STOP_SIGNAL in the middle of epoch 2 (in batch 3 of 8).
+SIGNAL_MID_EPOCH = """
+import os, signal
 from cifar_ablate import classifier
 step = classifier.Classifier.training_step
-def killing_step(self, batch, batch_idx):
+def signalling_step(self, batch, batch_idx):
     if self.current_epoch == 1 and batch_idx == 3:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ["STOP_SIGNAL"]))
     return step(self, batch, batch_idx)
-classifier.Classifier.training_step = killing_step
+classifier.Classifier.training_step = signalling_step
 from cifar_ablate.run import main
 main()
 """
@@ -42,9 +40,8 @@ def uninterrupted(tmp_path_factory, cifar_root):
 
 def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, uninterrupted):
     args, whole = uninterrupted
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    killed = subprocess.run([sys.executable, "-c", KILL_MID_EPOCH, *args, "hydra.run.dir=killed"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)
+    killed = run_cli(*args, "hydra.run.dir=killed", cwd=tmp_path, script=SIGNAL_MID_EPOCH,
+                     env={"STOP_SIGNAL": "SIGKILL"})
     assert killed.returncode == -9
     assert not (tmp_path / "killed" / "metrics.json").exists()  # nothing that looks like a result
     assert (tmp_path / "killed" / "checkpoints" / "last.ckpt").exists()
@@ -62,29 +59,13 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, uninterrupt
     assert (b["test_acc"], b["test_loss"], b["best_val_acc"]) == (a["test_acc"], a["test_loss"], a["best_val_acc"])
 
 
-# Runs the CLI but sends itself a signal in the middle of epoch 2 (in batch 3 of 8).
-SIGNAL_MID_EPOCH = """
-import os, signal, sys
-from cifar_ablate import classifier
-step = classifier.Classifier.training_step
-def signalling_step(self, batch, batch_idx):
-    if self.current_epoch == 1 and batch_idx == 3:
-        os.kill(os.getpid(), getattr(signal, os.environ["STOP_SIGNAL"]))
-    return step(self, batch, batch_idx)
-classifier.Classifier.training_step = signalling_step
-from cifar_ablate.run import main
-main()
-"""
-
-
 @pytest.mark.parametrize("signame, how", [("SIGTERM", "same command"), ("SIGUSR1", "resume="),
                                           ("SIGINT", None)])  # SIGINT takes SIGUSR1's route: save only
 def test_a_run_stopped_by_a_signal_saves_mid_epoch_and_resumes_bit_identically(tmp_path, uninterrupted, signame,
                                                                               how):
     args, whole = uninterrupted
-    env = {**os.environ, "PYTHONPATH": str(REPO), "STOP_SIGNAL": signame}
-    stopped = subprocess.run([sys.executable, "-c", SIGNAL_MID_EPOCH, *args, "hydra.run.dir=stopped"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    stopped = run_cli(*args, "hydra.run.dir=stopped", cwd=tmp_path, script=SIGNAL_MID_EPOCH,
+                      env={"STOP_SIGNAL": signame})
     signum = getattr(signal, signame)
     assert stopped.returncode == 128 + signum, stopped.stderr[-2000:]
     run_dir = tmp_path / "stopped"
@@ -201,8 +182,7 @@ def test_a_sweep_with_a_diverging_and_a_raising_run_finishes_the_rest_and_reruns
             "logger=csv", "hydra.sweep.dir=sweep"]
 
     def sweep_pass(**env):
-        return subprocess.run([sys.executable, "-c", SIX_RUNS, *args], cwd=tmp_path, timeout=600,
-                              env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True)
+        return run_cli(*args, cwd=tmp_path, script=SIX_RUNS, env=env, timeout=600)
 
     sweep = tmp_path / "sweep"
     first = sweep_pass(FAULTY="1")
@@ -244,8 +224,7 @@ def test_soak_thirty_runs_with_failures_and_a_kill_end_fully_accounted_for(tmp_p
     sweep = tmp_path / "sweep"
 
     def sweep_pass(**env):
-        return subprocess.run([sys.executable, "-c", FLAKY_SWEEP, *args], cwd=tmp_path, timeout=900,
-                              env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True)
+        return run_cli(*args, cwd=tmp_path, script=FLAKY_SWEEP, env=env, timeout=900)
 
     def statuses():
         return {int(d.name.split("=")[1]): json.loads((d / "metrics.json").read_text())["status"]
