@@ -8,7 +8,7 @@ DATA := data
 SHARED_TAR := ../shared/data/cifar10-jpeg.tar.gz
 ARGS ?=
 
-.PHONY: run test env data real-data-check lock clean bench
+.PHONY: run test env data real-data-check lock clean bench device-bundle
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,16 @@ lock:
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multirun
 
-# Speed, side by side (not a test): homework loop vs bare loop vs cifar_ablate, into docs/performance.md.
+# Speed, side by side (not a test), into docs/performance.md: homework loop vs bare loop vs cifar_ablate,
+# then the lenet_variants study from command to summary, serially and 2 trials at a time.
 bench: env data
 	$(BIN)/python bench/compare_loops.py --root $(DATA) --epochs 3 --repeats 2 --out docs/performance.md
+	$(BIN)/python bench/study_wall_time.py --root $(DATA) --preset lenet_variants --jobs 2 --out docs/performance.md
+
+# What a GPU session carries to the device machine for bench/gpu_session.sh (both folders git-ignored):
+# the pure-Python packages its image lacks, at our pinned versions, and the data tarball with its converter.
+device-bundle: env
+	rm -rf .whl .device_data && mkdir -p .whl .device_data
+	$(BIN)/pip wheel --quiet --no-deps -w .whl \
+		$$(grep -E '^(hydra-core|omegaconf|antlr4-python3-runtime|hydra-joblib-launcher)==' constraints.txt)
+	cp $(SHARED_TAR) $(dir $(SHARED_TAR))make_cifar10.py .device_data/

@@ -117,6 +117,14 @@ def trial_gpu():
     return [job_num % count]
 
 
+def on_cuda(accelerator: str, if_cuda, otherwise):
+    """`if_cuda` when the run trains on a CUDA GPU (accelerator gpu or cuda, or auto with one visible), else
+    `otherwise`: the default trainer's bf16 mixed precision and cuDNN autotuning, which pay off only there."""
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return if_cuda if cuda else otherwise
+
+
+OmegaConf.register_new_resolver("on_cuda", on_cuda, replace=True)
 OmegaConf.register_new_resolver("ddp_strategy", ddp_strategy, replace=True)
 OmegaConf.register_new_resolver("trial_gpu", trial_gpu, replace=True)
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
@@ -228,6 +236,15 @@ def read_metrics(run_dir: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def peak_gpu_memory_mb(trainer: L.Trainer) -> Optional[float]:
+    """The CUDA caching allocator's peak in this process (what it held, not only what tensors used), in MiB:
+    None off CUDA, and where spawned workers trained (trainer=ddp) and this process only tested."""
+    device = trainer.strategy.root_device
+    if device.type != "cuda" or trainer.world_size > 1:
+        return None
+    return round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+
+
 def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeCheckpoint) -> dict:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -279,6 +296,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         "images_per_second": round(len(progress.epoch_seconds) * datamodule.num_train_images
                                    / max(progress.train_seconds, 1e-9), 1),
         "params": sum(p.numel() for p in classifier.model.parameters()),
+        "peak_gpu_memory_mb": peak_gpu_memory_mb(trainer),
         "name": cfg.name or run_dir.name,
         "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
         **run_identity(cfg),

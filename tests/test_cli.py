@@ -13,7 +13,7 @@ from cifar_ablate.report import run_dirs
 from conftest import FAST, run_cli, write_cifar_tree
 
 RUN_KEYS = {"status", "test_acc", "best_val_acc", "test_loss", "epochs", "train_seconds",
-            "images_per_second", "params", "overrides"}
+            "images_per_second", "params", "peak_gpu_memory_mb", "overrides"}
 
 
 def tensorboard_tags(run_dir: Path) -> set:
@@ -36,6 +36,7 @@ def test_single_run_writes_metrics_and_tensorboard_logs(tmp_path, cifar_root):
     assert metrics["status"] == "completed" and metrics["epochs"] == 1 and metrics["params"] == 62_006
     assert 0 <= metrics["test_acc"] <= 1 and 0 <= metrics["best_val_acc"] <= 1
     assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
+    assert metrics["peak_gpu_memory_mb"] is None  # trained on the CPU
     assert f"data.root={cifar_root}" in metrics["overrides"]
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert (run_dir / "checkpoints" / "last.ckpt").exists()

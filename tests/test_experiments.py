@@ -51,6 +51,10 @@ PRESETS = {
     "resnet20": ({}, {"model._target_": "cifar_ablate.models.CifarResNet", "optimizer.lr": 0.1,
                       "optimizer.momentum": 0.9, "optimizer.weight_decay": 5e-4, "augment.crop_padding": 4,
                       "augment.flip": True, "scheduler._target_": "torch.optim.lr_scheduler.CosineAnnealingLR"}),
+    "resnet20_fast": ({}, {"model._target_": "cifar_ablate.models.CifarResNet", "optimizer.nesterov": True,
+                           "optimizer.weight_decay": 5e-4, "augment.crop_padding": 4, "augment.flip": True,
+                           "scheduler._target_": "torch.optim.lr_scheduler.OneCycleLR", "scheduler.max_lr": 0.4,
+                           "data.batch_size": 512, "trainer.max_epochs": 40}),
 }
 
 

@@ -107,3 +107,20 @@ def test_gpu_trials_of_a_sweep_take_the_visible_gpus_in_turn(compose_config, mon
         assert OmegaConf.to_container(cfg.trainer, resolve=True)["devices"] == 1
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_default_trainer_takes_bf16_and_cudnn_autotuning_only_on_a_gpu(compose_config, monkeypatch):
+    import torch
+    from omegaconf import OmegaConf
+
+    def trainer(*overrides):
+        keys = OmegaConf.to_container(compose_config(list(overrides)).trainer, resolve=True)
+        return keys["precision"], keys["benchmark"]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trainer() == ("32-true", None)  # auto on a machine without CUDA: the CPU, fp32
+    assert trainer("trainer=gpu") == ("bf16-mixed", True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert trainer() == ("bf16-mixed", True)  # auto finds the GPU
+    assert trainer("trainer.accelerator=cpu") == ("32-true", None)
+    assert trainer("trainer.precision=32-true") == ("32-true", True)  # an explicit choice stands
