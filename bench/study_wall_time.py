@@ -63,7 +63,7 @@ def study(args, work: Path) -> str:
         f"## {args.preset}, command to summary ({args.trainer})", "",
         f"Measured {datetime.date.today()} on {machine(args.device)}.",
         f"Command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`", "",
-        "| launcher | wall s | runs | test acc per run (by name) | peak GPU MiB per run | command |",
+        "| launcher | wall s | runs | test acc per run (by name) | peak GPU MiB (largest run) | command |",
         "|---|---|---|---|---|---|", *rows])
 
 
@@ -79,7 +79,7 @@ def concurrent(args, work: Path) -> str:
         f"## {args.concurrent} LeNet trials at once vs one alone ({args.trainer})", "",
         f"Measured {datetime.date.today()} on {machine(args.device)}.",
         f"Command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`", "",
-        "| | wall s, command to end | train s (slowest trial) | peak GPU MiB per run | command |",
+        "| | wall s, command to end | train s (slowest trial) | peak GPU MiB (largest run) | command |",
         "|---|---|---|---|---|",
         f"| one trial | {one_seconds:.1f} | {train_one:.1f} | {peak_memory(one)} | `python {one_shown}` |",
         f"| {args.concurrent} trials at once | {many_seconds:.1f} | {train_many:.1f} | {peak_memory(many)} | "
