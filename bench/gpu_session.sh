@@ -42,3 +42,5 @@ studies)
     ;;
 esac
 tar czf "$OUT/runs.tgz" --exclude='*.ckpt' -C "$runs" .
+# The reply carries the end of the output: the tables last.
+cat "$OUT"/performance.md "$OUT"/wall_times.txt 2>/dev/null || true
