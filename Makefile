@@ -58,7 +58,8 @@ bench: env data
 # What a GPU session carries to the device machine for bench/gpu_session.sh (both folders git-ignored):
 # the pure-Python packages its image lacks, at our pinned versions, and the data tarball with its converter.
 device-bundle: env
-	rm -rf .whl .device_data && mkdir -p .whl .device_data
-	$(BIN)/pip wheel --quiet --no-deps -w .whl \
+	rm -rf .bundle.tmp && mkdir -p .bundle.tmp/.whl .bundle.tmp/.device_data
+	$(BIN)/pip wheel --quiet --no-deps -w .bundle.tmp/.whl \
 		$$(grep -E '^(hydra-core|omegaconf|antlr4-python3-runtime|hydra-joblib-launcher)==' constraints.txt)
-	cp $(SHARED_TAR) $(dir $(SHARED_TAR))make_cifar10.py .device_data/
+	cp $(SHARED_TAR) $(dir $(SHARED_TAR))make_cifar10.py .bundle.tmp/.device_data/
+	rm -rf .whl .device_data && mv .bundle.tmp/.whl .bundle.tmp/.device_data . && rmdir .bundle.tmp

@@ -12,7 +12,8 @@ permutation), with no validation, then test on the 10,000 test images:
 
 With --device cuda all three train on the GPU: (a) copies each batch there from the DataLoader, as the
 homework did; (b) holds the normalized split there; (c) runs with trainer=gpu (bf16 mixed precision,
-cuDNN autotuning, channels-last), while (a) and (b) stay in fp32 as the homework wrote them.
+cuDNN autotuning, channels-last), while (a) and (b) stay in fp32 as the homework wrote them. So on a GPU
+c/b mixes the framework's cost with those settings; a/c is the throughput a user gains.
 
     python bench/compare_loops.py --root data --epochs 3 --out docs/performance.md
     python bench/compare_loops.py --root data --epochs 3 --device cuda --out docs/performance.md
@@ -143,7 +144,9 @@ def cifar_ablate_run(args):
                    f"seed={args.seed}", f"data.root={Path(args.root).resolve()}", "data.val_size=0",
                    "trainer.limit_val_batches=0",
                    "trainer=gpu" if args.device == "cuda" else "trainer.accelerator=cpu", f"hydra.run.dir={tmp}/run"]
-        subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True)
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"error: `python {' '.join(command[1:-1])}` exited {result.returncode}:\n{result.stderr[-3000:]}")
         metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
     return metrics["epoch_seconds"], metrics["test_acc"], " ".join(command[1:-1])
 

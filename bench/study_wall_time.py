@@ -2,8 +2,8 @@
 
 --preset: one preset's sweep with Hydra's basic launcher (one trial after another), then with the
           parallel launcher (--jobs trials at once);
---concurrent N: one LeNet run alone, then N of them at once (seeds 0..N-1, the parallel launcher), the
-          "many small trials on one GPU" case.
+--concurrent N: one LeNet trial alone (a one-trial sweep), then N at once (seeds 0..N-1, the parallel
+          launcher), the "many small trials on one GPU" case.
 
 Every command must exit 0 with all its runs completed, or the script stops without writing a figure.
 
@@ -68,7 +68,8 @@ def study(args, work: Path) -> str:
 
 
 def concurrent(args, work: Path) -> str:
-    one_seconds, one, one_shown = timed(args, [*LENET, "seed=0"], work / "one")
+    # Both as sweeps (the one alone with the basic launcher), so both pay for a sweep's start and report.
+    one_seconds, one, one_shown = timed(args, ["-m", *LENET, "seed=0", "hydra/launcher=basic"], work / "one")
     seeds = ",".join(str(s) for s in range(args.concurrent))
     many_seconds, many, many_shown = timed(
         args, ["-m", *LENET, f"seed={seeds}", "hydra/launcher=parallel", f"hydra.launcher.n_jobs={args.concurrent}"],

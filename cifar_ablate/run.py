@@ -2,6 +2,7 @@
 
 `python -m cifar_ablate [overrides]` enters at `main`; with `-m` Hydra calls it once per sweep point.
 """
+import gc
 import json
 import logging
 import math
@@ -237,8 +238,9 @@ def read_metrics(run_dir: Path) -> Optional[dict]:
 
 
 def peak_gpu_memory_mb(trainer: L.Trainer) -> Optional[float]:
-    """The CUDA caching allocator's peak in this process (what it held, not only what tensors used), in MiB:
-    None off CUDA, and where spawned workers trained (trainer=ddp) and this process only tested."""
+    """The CUDA caching allocator's peak during this run (what it held, not only what tensors used; without
+    the CUDA context, which nvidia-smi adds), in MiB: None off CUDA, and where spawned workers trained
+    (trainer=ddp) and this process only tested."""
     device = trainer.strategy.root_device
     if device.type != "cuda" or trainer.world_size > 1:
         return None
@@ -247,6 +249,10 @@ def peak_gpu_memory_mb(trainer: L.Trainer) -> Optional[float]:
 
 def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeCheckpoint) -> dict:
     check_config(cfg)
+    if torch.cuda.is_initialized():  # a launcher's worker that ran a trial before: count this run's peak only
+        gc.collect()  # the previous trial's tensors, held in reference cycles
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     classifier = build_classifier(cfg)  # model weights drawn right after seeding
     datamodule = build_datamodule(cfg)
