@@ -19,7 +19,7 @@ PRESETS = {
                    "trainer.max_epochs": 10, "data.train_fraction": 0.5, "data.normalize": True}),
     "optimizers": ({"optimizer": "adam,sgd_plain", "optimizer.lr": "1e-2,1e-3,1e-4"},
                    {"model._target_": "cifar_ablate.models.CNN3", "data.batch_size": 128, "trainer.max_epochs": 10,
-                    "data.train_fraction": 0.5}),
+                    "data.train_fraction": 0.5, "baseline": "optimizer.lr=0.001,optimizer=adam"}),
     "regularization": ({"regularization": "none,weight_decay_3e-3,dropout_0.3"},
                        {"model._target_": "cifar_ablate.models.CNNWide", "optimizer._target_": "torch.optim.Adam",
                         "optimizer.lr": 0.001, "scheduler._target_": "torch.optim.lr_scheduler.StepLR",
