@@ -24,6 +24,8 @@ from typing import Optional
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from cifar_ablate.errors import ConfigError
+
 RUN_COLUMNS = ("run", "status", "seed", "test_acc", "best_val_acc", "test_loss", "epochs", "train_seconds")
 RESULT_STATUSES = ("completed", "diverged")  # a diverged run is a result (its accuracy counts)
 ALPHA = 0.05
@@ -80,8 +82,11 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
     variants: dict[str, list[dict]] = {}
     for r in runs:
         variants.setdefault(r["variant"], []).append(r)
-    if baseline not in variants:
+    if baseline is None:
         baseline = next(iter(variants), None)
+    elif baseline not in variants:
+        raise ConfigError(f"baseline={baseline}: no variant of this sweep has that name "
+                          f"(its variants: {', '.join(variants)})")
     accuracy = {v: [r["test_acc"] for r in rs if r.get("status") in RESULT_STATUSES and r.get("test_acc") is not None]
                 for v, rs in variants.items()}
     rows = []
@@ -114,9 +119,9 @@ def _pm(mean, std) -> str:
     return _fmt(mean) if math.isnan(std) else f"{_fmt(mean)} ± {_fmt(std)}"
 
 
-def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict]) -> str:
+def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], note: Optional[str] = None) -> str:
     multi_seed = any(v["n"] > 1 for v in variants)
-    lines = [f"# Sweep {sweep_dir.name}", ""]
+    lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
     if multi_seed:
         lines += ["| variant | status | n | test_acc (mean ± std) | best_val_acc (mean ± std) "
                   "| Δ test_acc vs baseline | p (Welch) | differs at 95%? | epochs | train s |", "|" + "---|" * 10]
@@ -227,13 +232,22 @@ def read_baseline(sweep_dir: Path) -> Optional[str]:
     return None
 
 
-def write_report(sweep_dir, baseline: Optional[str] = None) -> tuple[list[dict], list[dict], str]:
-    """Write summary.md, summary.csv, runs.csv and the figures; return (variants, runs, summary markdown)."""
+def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False) -> tuple[list[dict], list[dict], str]:
+    """Write summary.md, summary.csv, runs.csv and the figures; return (variants, runs, summary markdown).
+
+    A baseline that names no variant raises ConfigError when `strict` (asked for by hand); otherwise (the
+    sweep's configured one) the report compares against the first variant and says so at its top."""
     import matplotlib.pyplot as plt
 
     sweep_dir = Path(sweep_dir)
     runs = collect_runs(sweep_dir)
-    variants = variant_rows(runs, baseline if baseline is not None else read_baseline(sweep_dir))
+    note = None
+    try:
+        variants = variant_rows(runs, baseline if baseline is not None else read_baseline(sweep_dir))
+    except ConfigError as e:
+        if strict:
+            raise
+        variants, note = variant_rows(runs, None), f"{e}; compared against the first variant instead."
     with open(sweep_dir / "runs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=("variant",) + RUN_COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -242,7 +256,7 @@ def write_report(sweep_dir, baseline: Optional[str] = None) -> tuple[list[dict],
         writer = csv.DictWriter(f, fieldnames=list(variants[0]) if variants else ["variant"])
         writer.writeheader()
         writer.writerows(variants)
-    markdown = summary_markdown(sweep_dir, variants, runs)
+    markdown = summary_markdown(sweep_dir, variants, runs, note)
     (sweep_dir / "summary.md").write_text(markdown)
 
     curves: dict[str, dict[str, list]] = {"val/acc": {}, "train/loss_epoch": {}}
@@ -288,7 +302,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not run_dirs(args.sweep_dir):
         sys.exit(f"error: {args.sweep_dir}: no runs here (expected sub-folders with a .hydra/ config)")
-    _, runs, markdown = write_report(args.sweep_dir, args.baseline)
+    try:
+        _, runs, markdown = write_report(args.sweep_dir, args.baseline, strict=True)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     print(markdown)
     # Unfinished runs are listed in the report; they do not make the report itself fail.
 

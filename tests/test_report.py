@@ -44,6 +44,31 @@ def test_variant_rows_compare_against_the_named_baseline():
     assert first["variant"] == "model=a" and first["baseline"]
 
 
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # these hand-made runs have no curves to draw
+def test_a_baseline_that_names_no_variant_is_refused_by_hand_and_noted_in_a_sweep(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from cifar_ablate.errors import ConfigError
+    from cifar_ablate.report import write_report
+
+    runs = [run("model=a", 0, 0.50), run("model=b", 0, 0.70)]
+    with pytest.raises(ConfigError, match="model=typo"):
+        variant_rows(runs, baseline="model=typo")
+    for r in runs:  # a sweep dir as the runs leave it
+        run_dir = tmp_path / r["run"]
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "config.yaml").write_text("baseline: model=typo\n")
+        (run_dir / "metrics.json").write_text(json.dumps({**r, "name": r["run"]}))
+    _, _, markdown = write_report(tmp_path)  # the sweep's configured baseline: noted, the report still written
+    assert "Note: baseline=model=typo: no variant" in markdown and "model=a, model=b" in markdown
+    cli = subprocess.run([sys.executable, "-m", "cifar_ablate.report", str(tmp_path), "--baseline", "model=c"],
+                         capture_output=True, text=True)
+    assert cli.returncode != 0 and cli.stderr.strip().splitlines() == [
+        "error: baseline=model=c: no variant of this sweep has that name (its variants: model=a, model=b)"]
+
+
 def test_curve_figure_has_labelled_axes_and_one_line_per_variant():
     fig = plot_curves({"model=a": [[0.3, 0.4, 0.5], [0.32, 0.41, 0.52]], "model=b": [[0.2, 0.3, 0.35]]},
                       "validation accuracy", "Validation accuracy per epoch")
