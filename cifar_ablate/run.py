@@ -188,10 +188,12 @@ class RunProgress(Callback):
             self.epoch_seconds = m["progress/epoch_seconds"].tolist()
 
 
-def write_json(path: Path, content: dict) -> None:
-    """Write whole or not at all: a reader never sees a half-written file. NaN and inf become null
-    (strict JSON); a diverged run says so in its status."""
+@rank_zero_only  # under SLURM with trainer=ddp every task runs the job; only rank 0 records the run
+def write_metrics(run_dir: Path, content: dict) -> None:
+    """Write the run's metrics.json whole or not at all: a reader never sees a half-written file. NaN and
+    inf become null (strict JSON); a diverged run says so in its status."""
     content = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in content.items()}
+    path = run_dir / "metrics.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
@@ -328,8 +330,6 @@ def main(cfg: DictConfig) -> Optional[float]:
     (Not NaN: hydra-optuna-sweeper 1.3.0.dev0 then tells Optuna a failure with a value and crashes.)"""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    # Under SLURM with trainer=ddp every task runs this function; only rank 0 records the run.
-    records = rank_zero_only.rank == 0
     progress = RunProgress(print_lines=False)
     resume = ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt")
     previous = read_metrics(run_dir)
@@ -346,24 +346,20 @@ def main(cfg: DictConfig) -> Optional[float]:
         # Stopped by a signal: not a result. The same command continues from the checkpoint; a sweep stops.
         signame = signal.Signals(resume.stopped_by).name
         saved = f"{resume.path} saved" if resume.path.exists() else "no checkpoint yet"
-        if records:
-            write_json(run_dir / "metrics.json", {"status": "interrupted", "signal": signame,
-                                                  "epoch": progress.epochs_done, **run_identity(cfg)})
+        write_metrics(run_dir, {"status": "interrupted", "signal": signame, "epoch": progress.epochs_done,
+                                **run_identity(cfg)})
         print(f"{run_dir}: stopped by {signame} in epoch {progress.epochs_done + 1}; {saved}; "
               "run the same command to continue", file=sys.stderr)
         sys.exit(128 + resume.stopped_by)
     except Exception as e:
         # A crashed run is recorded as such; in a sweep the other runs go on and the sweep exits non-zero.
         log.exception("run failed")
-        if records:
-            write_json(run_dir / "metrics.json", {
-                "status": "failed", "error": f"{type(e).__name__}: {e}", "epoch": progress.epochs_done,
-                **run_identity(cfg)})
+        write_metrics(run_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}", "epoch": progress.epochs_done,
+                                **run_identity(cfg)})
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
         return None
-    if records:
-        write_json(run_dir / "metrics.json", metrics)
+    write_metrics(run_dir, metrics)
     log.info("%s: test_acc %.4f  best_val_acc %.4f  (%s, %d epochs, %.1f s)", metrics["name"],
              metrics["test_acc"], metrics["best_val_acc"], metrics["status"], metrics["epochs"],
              metrics["train_seconds"])
