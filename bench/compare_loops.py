@@ -137,18 +137,36 @@ def bare_loop(data, args):
     return epoch_seconds, test_accuracy(model, normalized(test_x), torch.from_numpy(test_y))
 
 
+def run_cifar_ablate(overrides: list[str], out_dir: Path) -> tuple[float, list[dict], str]:
+    """`python -m cifar_ablate <overrides>` into out_dir (the run dir of one run, or the sweep dir of a
+    sweep): its wall time, the metrics.json of each of its runs, and the command as shown. Exits with the
+    command's stderr when it fails or a run did not complete, so nothing partial becomes a figure."""
+    if out_dir.exists():  # a sweep rerun into its dir would skip the runs already there
+        sys.exit(f"error: {out_dir} exists; pass a new dir")
+    command = [sys.executable, "-m", "cifar_ablate", *overrides, f"hydra.run.dir={out_dir}",
+               f"hydra.sweep.dir={out_dir}"]
+    shown = " ".join(command[1:-2])
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"error: `python {shown}` exited {result.returncode}:\n{result.stderr[-3000:]}")
+    single = out_dir / "metrics.json"
+    sweep = not single.exists()
+    runs = [json.loads(p.read_text()) for p in (sorted(out_dir.glob("*/metrics.json")) if sweep else [single])]
+    if not runs or any(r["status"] != "completed" for r in runs) or (sweep and not (out_dir / "summary.md").exists()):
+        sys.exit(f"error: `python {shown}`: not every run completed; no figure written")
+    return seconds, runs, shown
+
+
 def cifar_ablate_run(args):
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "cifar_ablate", "model=lenet", "optimizer=sgd", "optimizer.lr=0.01",
-                   "optimizer.momentum=0.9", f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}",
-                   f"seed={args.seed}", f"data.root={Path(args.root).resolve()}", "data.val_size=0",
-                   "trainer.limit_val_batches=0",
-                   "trainer=gpu" if args.device == "cuda" else "trainer.accelerator=cpu", f"hydra.run.dir={tmp}/run"]
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-        if result.returncode != 0:
-            sys.exit(f"error: `python {' '.join(command[1:-1])}` exited {result.returncode}:\n{result.stderr[-3000:]}")
-        metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
-    return metrics["epoch_seconds"], metrics["test_acc"], " ".join(command[1:-1])
+        _, (metrics,), shown = run_cifar_ablate(
+            ["model=lenet", "optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9",
+             f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}", f"seed={args.seed}",
+             f"data.root={Path(args.root).resolve()}", "data.val_size=0", "trainer.limit_val_batches=0",
+             "trainer=gpu" if args.device == "cuda" else "trainer.accelerator=cpu"], Path(tmp) / "run")
+    return metrics["epoch_seconds"], metrics["test_acc"], shown
 
 
 def machine(device: str = "cpu") -> str:

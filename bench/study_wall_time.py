@@ -13,37 +13,19 @@ Every command must exit 0 with all its runs completed, or the script stops witho
 """
 import argparse
 import datetime
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from compare_loops import REPO, machine, write_section
+from compare_loops import machine, run_cifar_ablate, write_section
 
 LENET = ["model=lenet", "optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9", "data.batch_size=64"]
 
 
 def timed(args, overrides: list[str], out_dir: Path) -> tuple[float, list[dict], str]:
-    """Run `python -m cifar_ablate <overrides>` into out_dir; return its wall time and its runs' metrics."""
-    if out_dir.exists():  # a sweep rerun into its dir skips the runs already there
-        sys.exit(f"error: {out_dir} exists; give --keep a new dir")
-    multirun = "-m" in overrides or any(o.startswith("+experiment=") for o in overrides)
-    where = f"hydra.sweep.dir={out_dir}" if multirun else f"hydra.run.dir={out_dir}"
-    command = [sys.executable, "-m", "cifar_ablate", *overrides, f"trainer={args.trainer}",
-               f"data.root={Path(args.root).resolve()}", *args.override, where]
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    shown = " ".join(command[1:-1])
-    if result.returncode != 0:
-        sys.exit(f"error: `python {shown}` exited {result.returncode}:\n{result.stderr[-3000:]}")
-    paths = sorted(out_dir.glob("*/metrics.json")) if multirun else [out_dir / "metrics.json"]
-    runs = [json.loads(p.read_text()) for p in paths]
-    if not runs or any(r["status"] != "completed" for r in runs) or (multirun and not (out_dir / "summary.md").exists()):
-        sys.exit(f"error: `python {shown}`: not every run completed; no figure written")
-    return seconds, runs, shown
+    """A sweep of cifar_ablate into out_dir with this benchmark's trainer, data and extra overrides."""
+    return run_cifar_ablate([*overrides, f"trainer={args.trainer}", f"data.root={Path(args.root).resolve()}",
+                             *args.override], out_dir)
 
 
 def peak_memory(runs: list[dict]) -> str:

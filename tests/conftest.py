@@ -62,12 +62,13 @@ FAST = ["trainer.max_epochs=1", "data.val_size=50", "data.batch_size=32", "train
 
 
 def run_cli(*args: str, cwd: Path, module: str = "cifar_ablate", script: Optional[str] = None,
-            env: Optional[dict] = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python -m <module> args` as a user types it, in `cwd`; or, given `script`, `python -c <script>
-    args`: a script that patches cifar_ablate (to inject a fault or a signal) and then calls its entry point."""
+            file: Optional[Path] = None, env: Optional[dict] = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args` as a user types it, in `cwd`; given `script`, `python -c <script> args`
+    (a script that patches cifar_ablate to inject a fault or a signal, then calls its entry point); given
+    `file`, `python <file> args` (a benchmark, or a patching script that spawned workers must import)."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # errors as users see them
     full_env.update(PYTHONPATH=str(REPO), **(env or {}))
-    program = ["-c", script] if script is not None else ["-m", module]
+    program = [str(file)] if file is not None else ["-c", script] if script is not None else ["-m", module]
     return subprocess.run([sys.executable, *program, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -1,15 +1,12 @@
 """The benchmark scripts (`make bench`, bench/gpu_session.sh) run end to end and write honest tables.
 They time nothing here: the fixture is tiny and speed is never asserted."""
 import re
-import subprocess
-import sys
 
-from conftest import REPO
+from conftest import REPO, run_cli
 
 
-def run_bench(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+def run_bench(script: str, *args: str, cwd):
+    return run_cli(*args, cwd=cwd, file=REPO / "bench" / script, timeout=600)
 
 
 def test_compare_loops_table_and_cifar_ablate_matches_the_bare_loop(tmp_path, cifar_root):

@@ -1,11 +1,9 @@
 """Data-parallel training (trainer=ddp): 2 gloo processes on the CPU, one run alone and a sweep of two."""
 import csv
 import json
-import os
-import subprocess
-import sys
+from pathlib import Path
 
-from conftest import FAST, REPO, run_cli
+from conftest import FAST, run_cli
 
 DDP = ["trainer=ddp", "trainer.devices=2", *FAST, "trainer.max_epochs=2"]  # FAST: accelerator=cpu, so gloo
 
@@ -34,9 +32,7 @@ def run_files(run_dir):
 
 def test_a_ddp_run_trains_on_both_processes_with_disjoint_halves_and_reports_once(tmp_path, cifar_root):
     (tmp_path / "count_ranks.py").write_text(COUNT_RANKS)
-    result = subprocess.run([sys.executable, "count_ranks.py", f"data.root={cifar_root}", *DDP, "hydra.run.dir=run"],
-                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                            text=True, timeout=300)
+    result = run_cli(f"data.root={cifar_root}", *DDP, "hydra.run.dir=run", cwd=tmp_path, file=Path("count_ranks.py"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["count_ranks.py", "rank0.jsonl", "rank1.jsonl", "run"]
     assert run_files(tmp_path / "run") == {".hydra", "checkpoints", "hparams.yaml", "metrics.json", "run.log"}
