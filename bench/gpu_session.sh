@@ -3,7 +3,7 @@
 # on the GPU machine after `make device-bundle` here put the Hydra wheels into .whl/ and the data into
 # .device_data/ (both git-ignored; carry them):
 #   bash bench/gpu_session.sh bench                  # speed: resnet20_fast, loops side by side, lenet_variants, 4 trials at once
-#   bash bench/gpu_session.sh studies lenet_variants batchnorm ...   # studies over seeds 0,1,2
+#   bash bench/gpu_session.sh studies lenet_variants batchnorm ...   # studies over seeds 0,1,2, JOBS (4) trials at a time
 # What it writes goes to $OUT (default outputs/gpu_session): performance.md holds the tables in the
 # format of docs/performance.md; runs.tgz every run's metrics.json, logs and the sweeps' reports; the
 # logs and nvidia-smi's memory samples sit beside them. They are written also when a step fails or the
@@ -33,6 +33,9 @@ trap finish EXIT
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
     exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+python3 -c "import sys, torch, torchvision, lightning, hydra, omegaconf
+print('python', sys.version.split()[0], *(f'{m.__name__} {m.__version__}' for m in (torch, torchvision, lightning, hydra, omegaconf)))" |
+    tee "$OUT/versions.txt"
 if [ ! -f data/cifar-10-batches-py/test_batch ]; then
     python3 .device_data/make_cifar10.py data --tar .device_data/cifar10-jpeg.tar.gz > /dev/null || exit 1
 fi
@@ -51,12 +54,12 @@ bench)
 studies)
     for preset in "$@"; do
         start=$SECONDS
-        # 4 trials at a time share the GPU.
+        # JOBS trials at a time share the GPU.
         timeout "$(left)" python3 -m cifar_ablate -m +experiment="$preset" seed=0,1,2 trainer=gpu \
-            hydra/launcher=parallel hydra.launcher.n_jobs=4 hydra.sweep.dir="$runs/$preset" > "$runs/$preset.log" 2>&1
+            hydra/launcher=parallel hydra.launcher.n_jobs="${JOBS:-4}" hydra.sweep.dir="$runs/$preset" > "$runs/$preset.log" 2>&1
         status=$?
         completed=$(grep -l '"status": "completed"' "$runs/$preset"/*/metrics.json 2>/dev/null | wc -l)
-        echo "$preset: exit $status, $completed runs completed, $((SECONDS - start)) s from command to summary" |
+        echo "$preset: exit $status, ${JOBS:-4} at a time, $completed runs completed, $((SECONDS - start)) s from command to summary" |
             tee -a "$OUT/wall_times.txt"
     done
     ;;
