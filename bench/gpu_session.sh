@@ -4,29 +4,32 @@
 # .device_data/ (both git-ignored; carry them):
 #   bash bench/gpu_session.sh bench                  # speed: resnet20_fast, loops side by side, lenet_variants, 4 trials at once
 #   bash bench/gpu_session.sh studies lenet_variants batchnorm ...   # studies over seeds 0,1,2, JOBS (4) trials at a time
+#   bash bench/gpu_session.sh runs "model=lenet trainer.max_epochs=3" "model=lenet compile=true ..."   # one run each
+# Stages can follow each other in one call (each with its own BUDGET); their files accumulate in $OUT.
 # What it writes goes to $OUT (default outputs/gpu_session): performance.md holds the tables in the
 # format of docs/performance.md; runs.tgz every run's metrics.json, logs and the sweeps' reports; the
 # logs and nvidia-smi's memory samples sit beside them. They are written also when a step fails or the
 # stage runs out of time (each step gets what is left of BUDGET seconds, default 540).
 set -uo pipefail
-stage=${1:?usage: bash bench/gpu_session.sh bench | studies <preset>...}
+stage=${1:?usage: bash bench/gpu_session.sh bench | studies <preset>... | runs <overrides>...}
 shift
 OUT=${OUT:-outputs/gpu_session}
 mkdir -p "$OUT"
 deadline=$((SECONDS + ${BUDGET:-540}))
 left() { echo $((deadline - SECONDS > 0 ? deadline - SECONDS : 1)); }
-runs=/tmp/gpu_session_runs
+all_runs=/tmp/gpu_session_runs
+runs=$all_runs/$stage
 rm -rf "$runs" && mkdir -p "$runs"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" || true
 # What nvidia-smi sees per process (CUDA context included), every half second, for the memory target.
-nvidia-smi --query-compute-apps=pid,used_memory --format=csv -lms 500 > "$OUT/gpu_memory.csv" 2>/dev/null &
+nvidia-smi --query-compute-apps=pid,used_memory --format=csv -lms 500 >> "$OUT/gpu_memory.csv" 2>/dev/null &
 sampler=$!
 finish() {
     kill "$sampler" 2>/dev/null
-    tar czf "$OUT/runs.tgz" --exclude='*.ckpt' -C "$runs" .
+    tar czf "$OUT/runs.tgz" --exclude='*.ckpt' -C "$all_runs" .
     # The reply carries the end of the output: the tables last.
-    cat "$OUT"/performance.md "$OUT"/wall_times.txt "$OUT"/resnet20_fast.json 2>/dev/null
+    cat "$OUT"/performance.md "$OUT"/wall_times.txt "$OUT"/runs.md "$OUT"/resnet20_fast.json 2>/dev/null
 }
 trap finish EXIT
 
@@ -61,6 +64,30 @@ studies)
         completed=$(grep -l '"status": "completed"' "$runs/$preset"/*/metrics.json 2>/dev/null | wc -l)
         echo "$preset: exit $status, ${JOBS:-4} at a time, $completed runs completed, $((SECONDS - start)) s from command to summary" |
             tee -a "$OUT/wall_times.txt"
+    done
+    ;;
+runs)
+    [ -f "$OUT/runs.md" ] || printf '%s\n' "| overrides (trainer=gpu) | status | epochs | train s | s / epoch: first, median of the rest | test acc | peak GPU MiB |" \
+        "|---|---|---|---|---|---|---|" > "$OUT/runs.md"
+    i=0
+    for overrides in "$@"; do
+        i=$((i + 1))
+        # shellcheck disable=SC2086  # each argument is a space-separated list of overrides
+        timeout "$(left)" python3 -m cifar_ablate $overrides trainer=gpu hydra.run.dir="$runs/$i" > "$runs/$i.log" 2>&1
+        python3 - "$runs/$i/metrics.json" "$overrides" >> "$OUT/runs.md" <<'PY'
+import json, statistics, sys
+path, overrides = sys.argv[1:]
+try:
+    m = json.load(open(path))
+except OSError:
+    print(f"| {overrides} | no metrics.json | | | | | |")
+    sys.exit()
+e = m.get("epoch_seconds") or [float("nan")]
+rest = f"{statistics.median(e[1:]):.2f}" if len(e) > 1 else "–"
+peak = m.get("peak_gpu_memory_mb")
+print(f"| {overrides} | {m['status']} | {m.get('epochs')} | {m.get('train_seconds')} | {e[0]:.2f}, {rest} | "
+      f"{m.get('test_acc') or float('nan'):.4f} | {peak if peak is not None else '–'} |")
+PY
     done
     ;;
 *)

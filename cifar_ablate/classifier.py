@@ -21,9 +21,10 @@ class Classifier(L.LightningModule):
 
     def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Optional[Callable] = None,
                  scheduler_interval: str = "epoch", penalty: Optional[WeightPenalty] = None,
-                 num_classes: int = 10, compile_model: bool = False, channels_last: bool = True):
+                 num_classes: int = 10, compile_model: bool = False, compile_mode: str = "default",
+                 channels_last: bool = True):
         super().__init__()
-        self.model = torch.compile(model) if compile_model else model
+        self.model = torch.compile(model, mode=compile_mode) if compile_model else model
         self.channels_last = channels_last
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval

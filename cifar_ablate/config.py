@@ -62,6 +62,10 @@ class InitConfig:
     scheme: InitScheme = InitScheme.default
 
 
+# torch.compile's modes; reduce-overhead replays the compiled forward and backward as CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -76,6 +80,7 @@ class RunConfig:
     seed: int = 0
     name: Optional[str] = None
     compile: bool = False
+    compile_mode: str = "default"
     channels_last: bool = True
     # The variant a sweep's report compares the others against (a run name such as model=lenet,
     # seeds aside); null: the first variant.
@@ -93,6 +98,8 @@ def _require(ok: bool, key: str, value, fits: str):
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first value that cannot work, before anything is trained."""
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be in [0, 2**32)")
+    _require(cfg.compile_mode in COMPILE_MODES, "compile_mode", cfg.compile_mode,
+             f"must be one of {', '.join(COMPILE_MODES)}")
     model = cfg.model
     _require(model.get("activation", "relu") in ACTIVATIONS, "model.activation", model.get("activation"),
              f"must be one of {', '.join(ACTIVATIONS)}")

@@ -212,7 +212,7 @@ def build_classifier(cfg: DictConfig) -> Classifier:
     interval = scheduler_cfg.pop("interval")
     scheduler = instantiate(scheduler_cfg) if scheduler_cfg.get("_target_") else None
     return Classifier(model, instantiate(cfg.optimizer), scheduler, interval, penalty,
-                      compile_model=cfg.compile, channels_last=cfg.channels_last)
+                      compile_model=cfg.compile, compile_mode=cfg.compile_mode, channels_last=cfg.channels_last)
 
 
 def hparams_of(cfg: DictConfig, choices: dict) -> dict:
