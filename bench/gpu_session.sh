@@ -6,6 +6,8 @@
 #   bash bench/gpu_session.sh studies lenet_variants batchnorm ...   # studies over seeds 0,1,2, JOBS (4) trials at a time
 #   bash bench/gpu_session.sh runs "model=lenet trainer.max_epochs=3" "model=lenet compile=true ..."   # one run each
 # Stages can follow each other in one call (each with its own BUDGET); their files accumulate in $OUT.
+# Two at once (one in the background, `wait` for it) need different TAGs. OVERRIDES are added to every
+# study's command (e.g. OVERRIDES=trainer.max_epochs=50).
 # What it writes goes to $OUT (default outputs/gpu_session): performance.md holds the tables in the
 # format of docs/performance.md; runs.tgz every run's metrics.json, logs and the sweeps' reports; the
 # logs and nvidia-smi's memory samples sit beside them. They are written also when a step fails or the
@@ -18,7 +20,7 @@ mkdir -p "$OUT"
 deadline=$((SECONDS + ${BUDGET:-540}))
 left() { echo $((deadline - SECONDS > 0 ? deadline - SECONDS : 1)); }
 all_runs=/tmp/gpu_session_runs
-runs=$all_runs/$stage
+runs=$all_runs/$stage${TAG:-}
 rm -rf "$runs" && mkdir -p "$runs"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" || true
@@ -33,7 +35,7 @@ finish() {
 }
 trap finish EXIT
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
+[ -d /tmp/site/hydra ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
     exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import sys, torch, torchvision, lightning, hydra, omegaconf
@@ -59,10 +61,10 @@ studies)
         start=$SECONDS
         # JOBS trials at a time share the GPU.
         timeout "$(left)" python3 -m cifar_ablate -m +experiment="$preset" seed=0,1,2 trainer=gpu \
-            hydra/launcher=parallel hydra.launcher.n_jobs="${JOBS:-4}" hydra.sweep.dir="$runs/$preset" > "$runs/$preset.log" 2>&1
+            hydra/launcher=parallel hydra.launcher.n_jobs="${JOBS:-4}" ${OVERRIDES:-} hydra.sweep.dir="$runs/$preset" > "$runs/$preset.log" 2>&1
         status=$?
         completed=$(grep -l '"status": "completed"' "$runs/$preset"/*/metrics.json 2>/dev/null | wc -l)
-        echo "$preset: exit $status, ${JOBS:-4} at a time, $completed runs completed, $((SECONDS - start)) s from command to summary" |
+        echo "$preset ${OVERRIDES:-}: exit $status, ${JOBS:-4} at a time, $completed runs completed, $((SECONDS - start)) s from command to summary" |
             tee -a "$OUT/wall_times.txt"
     done
     ;;
