@@ -171,3 +171,20 @@ def test_onecycle_fills_its_length_from_the_trainer(compose_config, tmp_path, ci
 def test_cosine_decays_over_max_epochs(compose_config, tmp_path, cifar_root):
     seen, _ = lr_trace(compose_config, tmp_path, cifar_root, "cosine", epochs=2)
     assert seen[:5] == pytest.approx([0.01] * 5) and seen[5:] == pytest.approx([0.005] * 5)
+
+
+def test_compile_mode_is_checked_then_handed_to_torch_compile(compose_config, monkeypatch):
+    from cifar_ablate.config import check_config
+    with pytest.raises(ConfigError, match=r"^compile_mode=fast: must be one of default, reduce-overhead, "):
+        check_config(compose_config(["compile_mode=fast"]))
+    modes = []
+
+    def fake_compile(model, mode):
+        modes.append(mode)
+        return model
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = compose_config(["compile=true", "compile_mode=reduce-overhead"])
+    check_config(cfg)
+    build_classifier(cfg)
+    build_classifier(compose_config(["compile=false", "compile_mode=reduce-overhead"]))
+    assert modes == ["reduce-overhead"]
