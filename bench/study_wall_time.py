@@ -86,17 +86,19 @@ def main():
         parser.error("nothing to time: give --preset and/or --concurrent")
     args.device = "cuda" if args.trainer == "gpu" else "cpu"
 
+    steps = []
+    if args.concurrent:  # the shorter measurement first
+        steps.append((f"bench:concurrent-{args.trainer}", concurrent, "concurrent"))
+    if args.preset:
+        steps.append((f"bench:study-{args.trainer}", study, "study"))
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
-        sections = []
-        if args.preset:
-            sections.append((f"bench:study-{args.trainer}", study(args, work / "study")))
-        if args.concurrent:
-            sections.append((f"bench:concurrent-{args.trainer}", concurrent(args, work / "concurrent")))
-    for marker, text in sections:
-        print(text + "\n")
-        if args.out:
-            write_section(args.out, text, marker=marker)
+        for marker, measure, folder in steps:
+            # Each table is written once measured, so one that a later step's failure or timeout stops survives.
+            text = measure(args, work / folder)
+            print(text + "\n", flush=True)
+            if args.out:
+                write_section(args.out, text, marker=marker)
 
 
 if __name__ == "__main__":
