@@ -18,6 +18,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -188,9 +189,19 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
         for i, c in enumerate(curves):
             values[i, :len(c)] = c
         epochs = np.arange(1, values.shape[1] + 1)
-        with np.errstate(all="ignore"):
+        label = f"{variant} (n={len(curves)})"
+        finite = [np.isfinite(c) for c in curves]
+        # A diverged run's NaN or inf values draw nothing; the legend says so rather than hide the variant.
+        if not any(f.any() for f in finite):
+            ax.plot([], [], marker="x", linestyle="none", label=f"{label}: no finite value (diverged)")
+            continue
+        if not all(f.all() for f in finite):
+            label += ": non-finite values not drawn"
+        values[~np.isfinite(values)] = np.nan
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # epochs where a single run or none is finite
             mean = np.nanmean(values, axis=0)
-            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{variant} (n={len(curves)})")
+            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
             if len(curves) > 1:
                 std = np.nanstd(values, axis=0, ddof=1)
                 ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)

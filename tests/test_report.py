@@ -79,6 +79,16 @@ def test_curve_figure_has_labelled_axes_and_one_line_per_variant():
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.31, 0.405, 0.51])
 
 
+def test_a_diverged_variant_keeps_a_legend_entry_that_says_why_it_has_no_line():
+    nan, inf = float("nan"), float("inf")
+    fig = plot_curves({"lr=0.01": [[2.0, 1.5, 1.2]], "lr=1.0": [[nan], [inf]], "lr=0.5": [[2.1, nan], [2.0, 1.6]]},
+                      "training loss (cross-entropy)", "Training loss per epoch")
+    legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["lr=0.01 (n=1)", "lr=1.0 (n=2): no finite value (diverged)",
+                      "lr=0.5 (n=2): non-finite values not drawn"]
+    assert list(fig.axes[0].get_lines()[2].get_ydata()) == pytest.approx([2.05, 1.6])
+
+
 def test_bar_chart_has_one_bar_per_variant_with_error_bars():
     rows = variant_rows([run("model=a", 0, 0.5), run("model=a", 1, 0.6), run("model=b", 0, 0.7)], None)
     ax = plot_test_accuracy(rows).axes[0]
