@@ -67,7 +67,10 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.train_loss.update(loss.detach(), len(y))
+        # Each image's share of the epoch mean, as a view: no tensor built from a Python number, which on CUDA
+        # is a blocking host-to-device copy every step, and no `weight` argument, which MeanMetric drops
+        # under nan_strategy="disable" (torchmetrics issue #3434).
+        self.train_loss.update(loss.detach().expand(len(y)))
         self.train_acc.update(logits.detach(), y)
         log_step = self._logging_step()
         if log_step:
@@ -75,7 +78,7 @@ class Classifier(L.LightningModule):
             self.log("train/acc_step", (logits.detach().argmax(1) == y).float().mean())
         if self.penalty is not None:
             penalty = self.penalty()
-            self.train_penalty.update(penalty.detach(), len(y))
+            self.train_penalty.update(penalty.detach().expand(len(y)))
             if log_step:
                 self.log("train/penalty_step", penalty)
             loss = loss + penalty

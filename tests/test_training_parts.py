@@ -188,3 +188,47 @@ def test_compile_mode_is_checked_then_handed_to_torch_compile(compose_config, mo
     build_classifier(cfg)
     build_classifier(compose_config(["compile=false", "compile_mode=reduce-overhead"]))
     assert modes == ["reduce-overhead"]
+
+
+def _classifier_outside_a_trainer(compose_config, overrides=()):
+    """A Classifier whose training_step runs without a Trainer: never a logging step."""
+    from types import SimpleNamespace
+    classifier = build_classifier(compose_config(["model=lenet", *overrides]))
+    loop = SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=0))
+    classifier._trainer = SimpleNamespace(fit_loop=loop, log_every_n_steps=10**9)
+    return classifier
+
+
+def test_epoch_training_loss_is_the_mean_over_images_not_over_batches(compose_config):
+    classifier = _classifier_outside_a_trainer(compose_config, ["regularization=l2", "regularization.l2=0.01"])
+    torch.manual_seed(0)
+    sizes, data_losses, penalties = (48, 2), [], []
+    for n in sizes:
+        total = classifier.training_step((torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))), 0)
+        penalties.append(classifier.penalty().item())
+        data_losses.append(total.item() - penalties[-1])
+    expected = (sizes[0] * data_losses[0] + sizes[1] * data_losses[1]) / sum(sizes)
+    assert data_losses[0] != pytest.approx(data_losses[1], abs=1e-3)  # else the weighting would not show
+    assert classifier.train_loss.compute().item() == pytest.approx(expected, rel=1e-5)
+    assert classifier.train_penalty.compute().item() == pytest.approx(penalties[0], rel=1e-5)
+
+
+def test_training_step_moves_no_value_between_host_and_device(compose_config):
+    """No .item() and no tensor built from Python data in the step: on CUDA either one blocks the host."""
+    from torch.overrides import TorchFunctionMode
+    calls = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", str(func))
+            from_python = name in ("tensor", "as_tensor", "scalar_tensor") and not isinstance(args[0], torch.Tensor)
+            if from_python or name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+                calls.append(name)
+            return func(*args, **(kwargs or {}))
+
+    classifier = _classifier_outside_a_trainer(compose_config, ["regularization=l1", "regularization.l1=0.001"])
+    batch = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    with Watch():
+        for _ in range(3):
+            classifier.training_step(batch, 0).backward()
+    assert calls == []
