@@ -7,8 +7,8 @@
 #   bash bench/gpu_session.sh studies lenet_variants batchnorm ...   # studies over seeds 0,1,2, JOBS (8) trials at a time
 #   bash bench/gpu_session.sh runs "model=lenet trainer.max_epochs=3" "model=lenet compile=true ..."   # one run each
 # Stages can follow each other in one call (each with its own BUDGET); their files accumulate in $OUT.
-# Two at once (one in the background, `wait` for it) need different TAGs. OVERRIDES are added to every
-# study's command (e.g. OVERRIDES=trainer.max_epochs=50).
+# Two at once (one in the background, `wait` for it) need different TAGs, which name their runs.tgz and
+# memory samples. OVERRIDES are added to every study's command (e.g. OVERRIDES=trainer.max_epochs=50).
 # What it writes goes to $OUT (default outputs/gpu_session): performance.md holds the tables in the
 # format of docs/performance.md; runs.tgz every run's metrics.json, logs and the sweeps' reports; the
 # logs and nvidia-smi's memory samples sit beside them. They are written also when a step fails or the
@@ -21,30 +21,39 @@ mkdir -p "$OUT"
 deadline=$((SECONDS + ${BUDGET:-540}))
 left() { echo $((deadline - SECONDS > 0 ? deadline - SECONDS : 1)); }
 all_runs=/tmp/gpu_session_runs
-runs=$all_runs/$stage${TAG:-}
-rm -rf "$runs" && mkdir -p "$runs"
+mkdir -p "$all_runs"
+runs=$(mktemp -d "$all_runs/$stage${TAG:-}.XXX")  # a folder of its own, also when a stage runs twice
+tag=${TAG:-}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" || true
 # What nvidia-smi sees per process (CUDA context included), every half second, for the memory target.
-nvidia-smi --query-compute-apps=pid,used_memory --format=csv -lms 500 >> "$OUT/gpu_memory.csv" 2>/dev/null &
+nvidia-smi --query-compute-apps=pid,used_memory --format=csv -lms 500 >> "$OUT/gpu_memory$tag.csv" 2>/dev/null &
 sampler=$!
 finish() {
     kill "$sampler" 2>/dev/null
-    tar czf "$OUT/runs.tgz" --exclude='*.ckpt' -C "$all_runs" .
+    tar czf "$OUT/runs$tag.tgz" --exclude='*.ckpt' -C "$all_runs" .
     # The reply carries the end of the output: the tables last.
     cat "$OUT"/performance.md "$OUT"/wall_times.txt "$OUT"/runs.md "$OUT"/resnet20_fast.json 2>/dev/null
 }
 trap finish EXIT
 
-[ -d /tmp/site/hydra ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
-    exit 1
+# The machine's set-up, once: a stage started beside another waits here until the first has done it.
+exec 9> /tmp/gpu_session.lock
+flock 9
+if [ ! -f /tmp/site/.installed ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
+        touch /tmp/site/.installed || exit 1
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import sys, torch, torchvision, lightning, hydra, omegaconf
 print('python', sys.version.split()[0], *(f'{m.__name__} {m.__version__}' for m in (torch, torchvision, lightning, hydra, omegaconf)))" |
     tee "$OUT/versions.txt"
-if [ ! -f data/cifar-10-batches-py/test_batch ]; then
-    python3 .device_data/make_cifar10.py data --tar .device_data/cifar10-jpeg.tar.gz > /dev/null || exit 1
+if [ ! -f data/.converted ]; then
+    python3 .device_data/make_cifar10.py data --tar .device_data/cifar10-jpeg.tar.gz > /dev/null && touch data/.converted ||
+        exit 1
 fi
+flock -u 9
+set -f  # overrides such as a=[1,2] are Hydra's, not file patterns
 
 case $stage in
 bench)
@@ -69,8 +78,8 @@ studies)
         timeout "$(left)" python3 -m cifar_ablate -m +experiment="$preset" seed=0,1,2 trainer=gpu \
             hydra/launcher=parallel hydra.launcher.n_jobs="${JOBS:-8}" ${OVERRIDES:-} hydra.sweep.dir="$runs/$preset" > "$runs/$preset.log" 2>&1
         status=$?
-        completed=$(grep -l '"status": "completed"' "$runs/$preset"/*/metrics.json 2>/dev/null | wc -l)
-        echo "$preset ${OVERRIDES:-}: exit $status, ${JOBS:-8} at a time, $completed runs completed, $((SECONDS - start)) s from command to summary" |
+        completed=$(find "$runs/$preset" -name metrics.json -exec grep -l '"status": "completed"' {} + 2>/dev/null | wc -l)
+        echo "$preset${OVERRIDES:+ $OVERRIDES}: exit $status, ${JOBS:-8} at a time, $completed runs completed, $((SECONDS - start)) s from command to summary" |
             tee -a "$OUT/wall_times.txt"
     done
     ;;
@@ -87,14 +96,15 @@ import json, statistics, sys
 path, overrides = sys.argv[1:]
 try:
     m = json.load(open(path))
-except OSError:
+except (OSError, ValueError):
     print(f"| {overrides} | no metrics.json | | | | | |")
     sys.exit()
 e = m.get("epoch_seconds") or [float("nan")]
 rest = f"{statistics.median(e[1:]):.2f}" if len(e) > 1 else "–"
 peak = m.get("peak_gpu_memory_mb")
+acc = m.get("test_acc")
 print(f"| {overrides} | {m['status']} | {m.get('epochs')} | {m.get('train_seconds')} | {e[0]:.2f}, {rest} | "
-      f"{m.get('test_acc') or float('nan'):.4f} | {peak if peak is not None else '–'} |")
+      f"{'–' if acc is None else f'{acc:.4f}'} | {peak if peak is not None else '–'} |")
 PY
     done
     ;;
