@@ -207,10 +207,16 @@ def test_epoch_training_loss_is_the_mean_over_images_not_over_batches(compose_co
         total = classifier.training_step((torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))), 0)
         penalties.append(classifier.penalty().item())
         data_losses.append(total.item() - penalties[-1])
-    expected = (sizes[0] * data_losses[0] + sizes[1] * data_losses[1]) / sum(sizes)
-    assert data_losses[0] != pytest.approx(data_losses[1], abs=1e-3)  # else the weighting would not show
-    assert classifier.train_loss.compute().item() == pytest.approx(expected, rel=1e-5)
-    assert classifier.train_penalty.compute().item() == pytest.approx(penalties[0], rel=1e-5)
+        with torch.no_grad():  # as an optimizer step would, so the second batch's penalty differs
+            for p in classifier.parameters():
+                p.mul_(1.5)
+
+    def weighted(values):
+        return (sizes[0] * values[0] + sizes[1] * values[1]) / sum(sizes)
+    # Else the weighting would not show.
+    assert data_losses[0] != pytest.approx(data_losses[1], abs=1e-3) and penalties[0] != pytest.approx(penalties[1])
+    assert classifier.train_loss.compute().item() == pytest.approx(weighted(data_losses), rel=1e-5)
+    assert classifier.train_penalty.compute().item() == pytest.approx(weighted(penalties), rel=1e-5)
 
 
 def test_training_step_moves_no_value_between_host_and_device(compose_config):
