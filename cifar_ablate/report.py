@@ -272,6 +272,8 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
 
     curves: dict[str, dict[str, list]] = {"val/acc": {}, "train/loss_epoch": {}}
     for r in runs:
+        if r.get("status") not in RESULT_STATUSES:  # a failed or unfinished run's partial curve is no result
+            continue
         run_curves = read_curves(sweep_dir / r["run"])
         for tag in curves:
             curves[tag].setdefault(r["variant"], []).append(run_curves[tag])

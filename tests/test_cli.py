@@ -195,7 +195,7 @@ def test_report_compares_variants_over_seeds_and_draws_the_figures(tmp_path, cif
     assert (moved / "val_acc.png").exists() and "model=lenet_bn" in (moved / "summary.md").read_text()
 
 
-def test_report_lists_failed_and_unfinished_runs(tmp_path, cifar_root):
+def test_report_lists_failed_and_unfinished_runs(tmp_path, cifar_root, monkeypatch):
     result = run_cli("-m", "seed=0,1", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (tmp_path / "sweep" / "seed=1" / "metrics.json").unlink()  # as if still running or killed
@@ -204,3 +204,10 @@ def test_report_lists_failed_and_unfinished_runs(tmp_path, cifar_root):
     assert "Runs without a result: seed=1 (missing)" in report.stdout
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
     assert rows[0]["n"] == "1" and rows[0]["runs"] == "2" and rows[0]["status"] == "completed/missing"
+    # The figures average the runs with a result only, as the table does: the unfinished run's curve is left out.
+    from cifar_ablate import report as report_module
+    drawn = []
+    plot = report_module.plot_curves
+    monkeypatch.setattr(report_module, "plot_curves", lambda curves, *a: drawn.append(curves) or plot(curves, *a))
+    report_module.write_report(tmp_path / "sweep")
+    assert [{v: len(c) for v, c in curves.items()} for curves in drawn] == [{"default": 1}] * 2
