@@ -2,10 +2,13 @@
 
 Both train LeNet (SGD 0.01, momentum 0.9, batch 64) for --steps batches from the same normalized data,
 built as `cifar_ablate.run` builds them (classifier, data module, trainer with the TensorBoard logger, no
-checkpointing, no validation). Prints each pair's seconds and their ratio; times nothing else.
+checkpointing, no validation). Prints each pair's seconds, their ratio and the milliseconds per step that
+Lightning adds; times nothing else. With a tiny batch (--batch-size 2) the arithmetic shrinks and what is left
+is mostly each step's host cost, the part that sets a small model's step time on a GPU.
 `bench/op_count.py` runs the same two loops under torch.profiler.
 
     python bench/loop_overhead.py --root data --steps 300 --pairs 5
+    python bench/loop_overhead.py --root data --steps 1000 --pairs 5 --batch-size 2
 """
 import argparse
 import contextlib
@@ -26,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cifar_ablate import run  # noqa: E402
 
 
-def lenet_setup(root: str, steps: int):
-    """LeNet's config for `steps` training batches on the CPU, its data module (loaded), and the training
+def lenet_setup(root: str, steps: int, batch_size: int = 64):
+    """LeNet's config for `steps` training batches of `batch_size` on the CPU, its data module (loaded), and the training
     split pre-normalized for the bare loop, as compare_loops.py's: (cfg, datamodule, images, labels)."""
     with initialize_config_dir(run.CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", ["model=lenet", "data.batch_size=64", "data.val_size=0", "trainer.limit_val_batches=0",
+        cfg = compose("config", ["model=lenet", f"data.batch_size={batch_size}", "data.val_size=0", "trainer.limit_val_batches=0",
                                  "trainer.accelerator=cpu", f"trainer.limit_train_batches={steps}",
                                  "trainer.max_epochs=1", f"data.root={Path(root).resolve()}",
                                  "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])
@@ -50,7 +53,7 @@ def bare_loop(cfg, images, labels, steps: int):
 
     def train():
         for i in range(steps):
-            idx = order[i * 64:(i + 1) * 64]
+            idx = order[i * cfg.data.batch_size:(i + 1) * cfg.data.batch_size]
             optimizer.zero_grad()
             F.cross_entropy(model(images.index_select(0, idx)), labels.index_select(0, idx)).backward()
             optimizer.step()
@@ -73,8 +76,9 @@ def main():
     parser.add_argument("--root", default="data")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    cfg, datamodule, images, labels = lenet_setup(args.root, args.steps)
+    cfg, datamodule, images, labels = lenet_setup(args.root, args.steps, args.batch_size)
 
     def bare() -> float:
         train = bare_loop(cfg, images, labels, args.steps)
@@ -89,7 +93,8 @@ def main():
 
     for _ in range(args.pairs):
         b, c = bare(), lightning()
-        print(f"bare {b:.2f} s  lightning {c:.2f} s  ratio {c / b:.2f}", flush=True)
+        print(f"bare {b:.2f} s  lightning {c:.2f} s  ratio {c / b:.2f}  "
+              f"lightning adds {(c - b) / args.steps * 1e3:.2f} ms per step", flush=True)
 
 
 if __name__ == "__main__":

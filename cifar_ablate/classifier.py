@@ -5,10 +5,41 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from cifar_ablate.penalty import WeightPenalty
+
+
+class TrainingMeans(Metric):
+    """An epoch's training loss, accuracy and penalty, each the mean over images, kept as four running sums.
+
+    It stands in for two MeanMetrics and a MulticlassAccuracy in the training step: a LeNet step dispatched
+    140 operators with those and 118 with this (`bench/op_count.py`); on a GPU each is a kernel launch. Nothing in
+    `update` reads a value back or builds a tensor from Python data. Sums add up across DDP processes, and a
+    NaN or inf loss stays in `loss_sum`, which is how divergence is seen.
+    """
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        for name, dtype in (("loss_sum", torch.float32), ("penalty_sum", torch.float32),
+                            ("correct", torch.long), ("count", torch.long)):
+            self.add_state(name, torch.zeros((), dtype=dtype), dist_reduce_fx="sum", persistent=True)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
+               penalty: Optional[torch.Tensor] = None):
+        n = len(target)
+        self.loss_sum += loss.detach() * n
+        self.correct += logits.detach().argmax(1).eq(target).sum()
+        self.count += n
+        if penalty is not None:
+            self.penalty_sum += penalty.detach() * n
+
+    def compute(self) -> dict:
+        return {"loss": self.loss_sum / self.count, "acc": self.correct / self.count,
+                "penalty": self.penalty_sum / self.count}
 
 
 class Classifier(L.LightningModule):
@@ -29,18 +60,15 @@ class Classifier(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval
         self.penalty = penalty if penalty is not None and penalty.active else None
-        # Training metrics only accumulate per step (update, no compute): the epoch value is computed
-        # once, and step values are computed only on the steps the logger writes.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.train_loss = MeanMetric(nan_strategy="disable")  # keeps NaN: read to detect divergence
-        self.train_penalty = MeanMetric(nan_strategy="disable")
+        # Training values only accumulate per step: the epoch means are computed once, and step values
+        # only on the steps the logger writes.
+        self.train_means = TrainingMeans()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
         # Kept in checkpoints: a resumed run knows its best epoch, and one resumed mid-epoch continues
         # that epoch's training sums.
-        for metric in (self.val_acc_best, self.train_acc, self.train_loss, self.train_penalty):
-            metric.persistent(True)
+        self.val_acc_best.persistent(True)  # TrainingMeans' states are persistent already
         # A buffer, so it travels with the weights (back from DDP workers, into checkpoints).
         self.register_buffer("diverged", torch.tensor(False))
 
@@ -56,8 +84,7 @@ class Classifier(L.LightningModule):
 
     def on_train_epoch_start(self):
         # Not called when a run resumes inside an epoch (Lightning), so the restored sums continue.
-        for metric in (self.train_loss, self.train_acc, self.train_penalty):
-            metric.reset()
+        self.train_means.reset()
 
     def _logging_step(self) -> bool:
         """True on the steps whose values Lightning hands to the logger (every log_every_n_steps)."""
@@ -67,31 +94,23 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        # Each image's share of the epoch mean, as a view: no tensor built from a Python number, which on CUDA
-        # is a blocking host-to-device copy every step, and no `weight` argument, which MeanMetric drops
-        # under nan_strategy="disable" (torchmetrics issue #3434).
-        self.train_loss.update(loss.detach().expand(len(y)))
-        self.train_acc.update(logits.detach(), y)
-        log_step = self._logging_step()
-        if log_step:
+        penalty = self.penalty() if self.penalty is not None else None
+        self.train_means.update(loss, logits, y, penalty)
+        if self._logging_step():
             self.log("train/loss_step", loss)
             self.log("train/acc_step", (logits.detach().argmax(1) == y).float().mean())
-        if self.penalty is not None:
-            penalty = self.penalty()
-            self.train_penalty.update(penalty.detach().expand(len(y)))
-            if log_step:
+            if penalty is not None:
                 self.log("train/penalty_step", penalty)
-            loss = loss + penalty
-        return loss
+        return loss if penalty is None else loss + penalty
 
     def on_train_epoch_end(self):
-        epoch_loss = self.train_loss.compute()
-        self.log("train/loss_epoch", epoch_loss)
-        self.log("train/acc_epoch", self.train_acc.compute())
+        means = self.train_means.compute()
+        self.log("train/loss_epoch", means["loss"])
+        self.log("train/acc_epoch", means["acc"])
         if self.penalty is not None:
-            self.log("train/penalty_epoch", self.train_penalty.compute())
+            self.log("train/penalty_epoch", means["penalty"])
         # One host sync per epoch: a non-finite loss ends the run as "diverged", a result, not a crash.
-        if not torch.isfinite(epoch_loss):
+        if not torch.isfinite(means["loss"]):
             self.diverged.fill_(True)
             self.trainer.should_stop = True
 

@@ -199,12 +199,15 @@ def _classifier_outside_a_trainer(compose_config, overrides=()):
     return classifier
 
 
-def test_epoch_training_loss_is_the_mean_over_images_not_over_batches(compose_config):
+def test_epoch_training_loss_and_accuracy_are_means_over_images_not_over_batches(compose_config):
     classifier = _classifier_outside_a_trainer(compose_config, ["regularization=l2", "regularization.l2=0.01"])
     torch.manual_seed(0)
-    sizes, data_losses, penalties = (48, 2), [], []
+    sizes, data_losses, penalties, hits = (48, 2), [], [], 0
     for n in sizes:
-        total = classifier.training_step((torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))), 0)
+        x, y = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
+        with torch.no_grad():  # LeNet has no dropout or batch norm: the step sees these logits
+            hits += classifier(x).argmax(1).eq(y).sum().item()
+        total = classifier.training_step((x, y), 0)
         penalties.append(classifier.penalty().item())
         data_losses.append(total.item() - penalties[-1])
         with torch.no_grad():  # as an optimizer step would, so the second batch's penalty differs
@@ -215,8 +218,9 @@ def test_epoch_training_loss_is_the_mean_over_images_not_over_batches(compose_co
         return (sizes[0] * values[0] + sizes[1] * values[1]) / sum(sizes)
     # Else the weighting would not show.
     assert data_losses[0] != pytest.approx(data_losses[1], abs=1e-3) and penalties[0] != pytest.approx(penalties[1])
-    assert classifier.train_loss.compute().item() == pytest.approx(weighted(data_losses), rel=1e-5)
-    assert classifier.train_penalty.compute().item() == pytest.approx(weighted(penalties), rel=1e-5)
+    assert classifier.train_means.compute()["loss"].item() == pytest.approx(weighted(data_losses), rel=1e-5)
+    assert classifier.train_means.compute()["penalty"].item() == pytest.approx(weighted(penalties), rel=1e-5)
+    assert classifier.train_means.compute()["acc"].item() == pytest.approx(hits / sum(sizes))
 
 
 def test_training_step_moves_no_value_between_host_and_device(compose_config):
