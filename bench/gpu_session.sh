@@ -9,6 +9,10 @@
 # Stages can follow each other in one call (each with its own BUDGET); their files accumulate in $OUT.
 # Two at once (one in the background, `wait` for it) need different TAGs, which name their runs.tgz and
 # memory samples. OVERRIDES are added to every study's command (e.g. OVERRIDES=trainer.max_epochs=50).
+# A study longer than one call continues in the next: KEEP_CKPT=1 returns the stage's sweeps with their
+# checkpoints as $OUT/sweeps$TAG.tgz; copy it into a git-ignored folder, carry that folder, and give the
+# next call CONTINUE=<that folder>/sweeps.tgz (.device_resume/ is ignored for this) with the same studies: each sweep then skips its finished
+# runs and resumes the others from their last epoch (see docs/reliability.md).
 # What it writes goes to $OUT (default outputs/gpu_session): performance.md holds the tables in the
 # format of docs/performance.md; runs.tgz every run's metrics.json, logs and the sweeps' reports; the
 # logs and nvidia-smi's memory samples sit beside them. They are written also when a step fails or the
@@ -32,6 +36,7 @@ sampler=$!
 finish() {
     kill "$sampler" 2>/dev/null
     tar czf "$OUT/runs$tag.tgz" --exclude='*.ckpt' -C "$all_runs" .
+    if [ -n "${KEEP_CKPT:-}" ]; then tar czf "$OUT/sweeps$tag.tgz" -C "$runs" .; fi
     # The reply carries the end of the output: the tables last.
     cat "$OUT"/performance.md "$OUT"/wall_times.txt "$OUT"/runs.md "$OUT"/resnet20_fast.json 2>/dev/null
 }
@@ -72,6 +77,7 @@ study_time)
         --keep "$runs/wall_time" --out "$OUT/performance.md" 2>&1 | tee -a "$OUT/bench.log"
     ;;
 studies)
+    if [ -n "${CONTINUE:-}" ]; then tar xzf "$CONTINUE" -C "$runs" || exit 1; fi
     for preset in "$@"; do
         start=$SECONDS
         # JOBS trials at a time share the GPU (8 LeNet trials ran at 1.37x the epoch time of one on an H100).
