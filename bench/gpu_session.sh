@@ -10,9 +10,9 @@
 # Two at once (one in the background, `wait` for it) need different TAGs, which name their runs.tgz and
 # memory samples. OVERRIDES are added to every study's command (e.g. OVERRIDES=trainer.max_epochs=50).
 # A study longer than one call continues in the next: KEEP_CKPT=1 returns the stage's sweeps with their
-# checkpoints as $OUT/sweeps$TAG.tgz; copy it into a git-ignored folder, carry that folder, and give the
-# next call CONTINUE=<that folder>/sweeps.tgz (.device_resume/ is ignored for this) with the same studies: each sweep then skips its finished
-# runs and resumes the others from their last epoch (see docs/reliability.md).
+# checkpoints as $OUT/sweeps$TAG.tgz; copy it into .device_resume/ (git-ignored), carry that folder, and
+# give the next call CONTINUE=.device_resume/sweeps.tgz with the same studies: each sweep then skips its
+# finished runs and resumes the others from their last epoch (see docs/reliability.md).
 # What it writes goes to $OUT (default outputs/gpu_session): performance.md holds the tables in the
 # format of docs/performance.md; runs.tgz every run's metrics.json, logs and the sweeps' reports; the
 # logs and nvidia-smi's memory samples sit beside them. They are written also when a step fails or the
