@@ -1,5 +1,6 @@
 """Init schemes, weight penalties, optimizers and schedulers do what their formulas say."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,8 +195,7 @@ def _classifier_outside_a_trainer(compose_config, overrides=()):
     """A Classifier whose training_step runs without a Trainer: never a logging step."""
     from types import SimpleNamespace
     classifier = build_classifier(compose_config(["model=lenet", *overrides]))
-    loop = SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=0))
-    classifier._trainer = SimpleNamespace(fit_loop=loop, log_every_n_steps=10**9)
+    classifier._trainer = SimpleNamespace(global_step=0, log_every_n_steps=10**9)
     return classifier
 
 
@@ -242,3 +242,34 @@ def test_training_step_moves_no_value_between_host_and_device(compose_config):
         for _ in range(3):
             classifier.training_step(batch, 0).backward()
     assert calls == []
+
+
+def test_step_values_are_logged_on_the_steps_the_logger_writes(compose_config, tmp_path, cifar_root, monkeypatch):
+    """The step's own loss reaches the logger every log_every_n_steps steps, and no other step pays for self.log."""
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from cifar_ablate.classifier import Classifier
+    from cifar_ablate.run import build_datamodule
+
+    cfg = compose_config(["data.root=" + str(cifar_root), "data.val_size=50", "data.batch_size=20"])
+    classifier, datamodule = build_classifier(cfg), build_datamodule(cfg)
+    logged = {}  # global step -> the loss handed to self.log on it
+    real_log = Classifier.log
+
+    def spy(self, name, value, *args, **kwargs):
+        if name == "train/loss_step":
+            logged[self.global_step] = float(value.detach())
+        return real_log(self, name, value, *args, **kwargs)
+    monkeypatch.setattr(Classifier, "log", spy)
+    # 250 training images / 20 = 13 steps per epoch, 26 in all: steps 2, 5, ..., 23 are written.
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path), log_every_n_steps=3,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(classifier, datamodule=datamodule)
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        written = {int(row["step"]): float(row["train/loss_step"]) for row in csv.DictReader(f) if row["train/loss_step"]}
+    assert sorted(written) == list(range(2, 26, 3))
+    assert logged == pytest.approx(written)
