@@ -1,7 +1,7 @@
 """Lightning's training loop against a bare loop, in one process, taking turns: what the loop itself costs.
 
 Both train LeNet (SGD 0.01, momentum 0.9, batch 64) for --steps batches from the same normalized data,
-built as `cifar_ablate.run` builds them (classifier, data module, trainer with the TensorBoard logger, no
+built as `cifar_ablate.training` builds them (classifier, data module, trainer with the TensorBoard logger, no
 checkpointing, no validation). Prints each pair's seconds, their ratio and the milliseconds per step that
 Lightning adds; times nothing else. With a tiny batch (--batch-size 2) the arithmetic shrinks and what is left
 is mostly each step's host cost, the part that sets a small model's step time on a GPU.
@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cifar_ablate import run  # noqa: E402
+from cifar_ablate import run, training  # noqa: E402
 
 
 def lenet_setup(root: str, steps: int, batch_size: int = 64):
@@ -37,7 +37,7 @@ def lenet_setup(root: str, steps: int, batch_size: int = 64):
                                  "trainer.accelerator=cpu", f"trainer.limit_train_batches={steps}",
                                  "trainer.max_epochs=1", f"data.root={Path(root).resolve()}",
                                  "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])
-    datamodule = run.build_datamodule(cfg)
+    datamodule = training.build_datamodule(cfg)
     datamodule.load()
     images, labels = datamodule.splits["train"]
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg.data.mean, cfg.data.std))
@@ -47,7 +47,7 @@ def lenet_setup(root: str, steps: int, batch_size: int = 64):
 def bare_loop(cfg, images, labels, steps: int):
     """A seeded LeNet and SGD, and a function that trains them for `steps` batches (what the caller measures)."""
     L.seed_everything(0, verbose=False)
-    model = run.build_classifier(cfg).model
+    model = training.build_classifier(cfg).model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     order = torch.randperm(len(images))
 
@@ -66,7 +66,7 @@ def lightning_fit(cfg, datamodule, callbacks=(), around=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = instantiate(OmegaConf.to_container(cfg.trainer, resolve=True), logger=TensorBoardLogger(tmp),
                               callbacks=list(callbacks), default_root_dir=tmp, enable_checkpointing=False)
-        classifier = run.build_classifier(cfg)
+        classifier = training.build_classifier(cfg)
         with around if around is not None else contextlib.nullcontext():
             trainer.fit(classifier, datamodule=datamodule)
 
@@ -87,7 +87,7 @@ def main():
         return time.perf_counter() - start
 
     def lightning() -> float:
-        progress = run.RunProgress(print_lines=False)
+        progress = training.RunProgress(print_lines=False)
         lightning_fit(cfg, datamodule, callbacks=[progress])
         return progress.epoch_seconds[0]
 

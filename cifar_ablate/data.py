@@ -20,17 +20,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cifar_ablate.augment import BatchAugment, torchvision_transform
+from cifar_ablate.config import CIFAR10_MD5, CIFAR10_URL, MEAN, STD
 from cifar_ablate.errors import ConfigError, DataError
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 NUM_CLASSES = 10
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
 
 
 class _BatchUnpickler(pickle.Unpickler):

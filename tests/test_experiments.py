@@ -82,7 +82,7 @@ def test_every_variant_of_every_preset_builds(compose_config, name):
     import itertools
 
     from cifar_ablate.config import check_config
-    from cifar_ablate.run import build_classifier
+    from cifar_ablate.training import build_classifier
     sweep, _ = PRESETS[name]
     keys = list(sweep)
     for values in itertools.product(*(sweep[k].split(",") for k in keys)):

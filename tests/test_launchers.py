@@ -47,13 +47,13 @@ def test_slurm_preset_starts_one_task_per_device(compose_config):
 # An Optuna search in which trial 1 raises.
 FLAKY_SEARCH = """
 from hydra.core.hydra_config import HydraConfig
-from cifar_ablate import run
-train = run.train
+from cifar_ablate import run, training
+train = training.train
 def flaky_train(cfg, *rest):
     if HydraConfig.get().job.num == 1:
         raise RuntimeError("injected failure")
     return train(cfg, *rest)
-run.train = flaky_train
+training.train = flaky_train
 run.cli()
 """
 

@@ -164,15 +164,15 @@ def test_a_checkpoint_from_another_model_or_truncated_is_refused_in_one_line(tmp
 # Six runs: seed 4 raises (while FAULTY is set), seed 5 diverges (a learning rate of 1e8).
 SIX_RUNS = """
 import os
-from cifar_ablate import run
-train = run.train
+from cifar_ablate import run, training
+train = training.train
 def train_with_faults(cfg, *rest):
     if cfg.seed == 4 and os.environ.get("FAULTY"):
         raise RuntimeError("injected failure")
     if cfg.seed == 5:
         cfg.optimizer.lr = 1e8
     return train(cfg, *rest)
-run.train = train_with_faults
+training.train = train_with_faults
 run.main()
 """
 
@@ -203,17 +203,17 @@ def test_a_sweep_with_a_diverging_and_a_raising_run_finishes_the_rest_and_reruns
 # A sweep whose runs fail at random (seeded) and whose process is SIGKILLed when it reaches one run.
 FLAKY_SWEEP = """
 import os, random, signal
-from cifar_ablate import run
+from cifar_ablate import run, training
 failing = set(random.Random(7).sample(range(30), 5)) if os.environ.get("SOAK_FAIL") else set()
 kill_at = int(os.environ.get("SOAK_KILL_AT", "-1"))
-train = run.train
+train = training.train
 def flaky_train(cfg, run_dir, *callbacks):
     if cfg.seed == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
     if cfg.seed in failing:
         raise RuntimeError("injected failure")
     return train(cfg, run_dir, *callbacks)
-run.train = flaky_train
+training.train = flaky_train
 run.main()
 """
 

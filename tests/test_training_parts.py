@@ -9,7 +9,7 @@ from torch import nn
 
 from cifar_ablate.errors import ConfigError
 from cifar_ablate.penalty import WeightPenalty
-from cifar_ablate.run import build_classifier
+from cifar_ablate.training import build_classifier
 from cifar_ablate.weight_init import init_weights
 
 
@@ -131,7 +131,7 @@ def lr_trace(compose_config, tmp_path, cifar_root, scheduler, epochs=2, extra=()
     """Train a few tiny epochs and return the learning rate seen at every optimizer step."""
     import lightning as L
 
-    from cifar_ablate.run import build_datamodule
+    from cifar_ablate.training import build_datamodule
 
     cfg = compose_config(["data.root=" + str(cifar_root), "data.val_size=50", "data.batch_size=50",
                           f"scheduler={scheduler}", f"trainer.max_epochs={epochs}", *extra])
@@ -252,7 +252,7 @@ def test_step_values_are_logged_on_the_steps_the_logger_writes(compose_config, t
     from lightning.pytorch.loggers import CSVLogger
 
     from cifar_ablate.classifier import Classifier
-    from cifar_ablate.run import build_datamodule
+    from cifar_ablate.training import build_datamodule
 
     cfg = compose_config(["data.root=" + str(cifar_root), "data.val_size=50", "data.batch_size=20"])
     classifier, datamodule = build_classifier(cfg), build_datamodule(cfg)

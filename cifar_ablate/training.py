@@ -1,0 +1,190 @@
+"""Building a run from its config and training it: data module, classifier, trainer, fit, test.
+
+Imported by `cifar_ablate.run` only once the config has passed its checks, since torch, Lightning and
+torchvision take seconds to import.
+"""
+import gc
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from cifar_ablate.augment import BatchAugment
+from cifar_ablate.checkpointing import ResumeCheckpoint, check_checkpoint
+from cifar_ablate.classifier import Classifier
+from cifar_ablate.data import CIFAR10DataModule
+from cifar_ablate.penalty import WeightPenalty
+from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
+from cifar_ablate.weight_init import init_weights
+
+log = logging.getLogger(__name__)
+
+
+class RunProgress(Callback):
+    """Counts finished epochs, times training, and prints one line per epoch when there is no progress bar.
+
+    An epoch's line is printed when the next epoch starts (or training ends): the training metrics of an
+    epoch are logged by the module's on_train_epoch_end, which Lightning calls after the callbacks'.
+    """
+
+    def __init__(self, print_lines: bool):
+        self.print_lines = print_lines
+        self.epochs_done = 0
+        self.train_seconds = 0.0
+        self.epoch_seconds: list[float] = []
+        self._start = self._epoch_start = None
+        self._printed = 0
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = self._epoch_start = time.perf_counter()  # a run resumed mid-epoch starts no epoch
+        self._printed = self.epochs_done = trainer.current_epoch  # a resumed run starts past 0
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs_done = trainer.current_epoch + 1
+        self.epoch_seconds.append(round(time.perf_counter() - self._epoch_start, 3))
+
+    def _print_finished_epoch(self, trainer):
+        if not self.print_lines or not trainer.is_global_zero or self._printed == self.epochs_done:
+            return
+        self._printed = self.epochs_done
+        m = trainer.callback_metrics
+        parts = [f"epoch {self.epochs_done}/{trainer.max_epochs}"]
+        parts += [f"{k} {float(m[k]):.4f}" for k in ("train/loss_epoch", "val/loss", "val/acc") if k in m]
+        parts.append(f"{time.perf_counter() - self._start:.1f}s")
+        print("  ".join(parts), flush=True)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._print_finished_epoch(trainer)
+        self._epoch_start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        self._print_finished_epoch(trainer)
+        self.train_seconds = time.perf_counter() - self._start
+        # Under trainer=ddp (ddp_spawn) this runs in a worker process; Lightning sends rank 0's
+        # callback_metrics back to the process that called fit, so the counters go home with them.
+        trainer.callback_metrics.update({
+            "progress/epochs_done": torch.tensor(self.epochs_done),
+            "progress/train_seconds": torch.tensor(self.train_seconds, dtype=torch.float64),
+            "progress/epoch_seconds": torch.tensor(self.epoch_seconds, dtype=torch.float64)})
+
+    def collect(self, trainer) -> None:
+        """After fit, in the process that called it: take over what the (possibly spawned) workers counted."""
+        m = trainer.callback_metrics
+        if "progress/epochs_done" in m:  # absent when fit had no epoch left to train
+            self.epochs_done = int(m["progress/epochs_done"])
+            self.train_seconds = float(m["progress/train_seconds"])
+            self.epoch_seconds = m["progress/epoch_seconds"].tolist()
+
+
+def build_datamodule(cfg: DictConfig) -> CIFAR10DataModule:
+    data = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
+    data["root"] = hydra.utils.to_absolute_path(data["root"])
+    return CIFAR10DataModule(**data, augment=BatchAugment(**cfg.augment), seed=cfg.seed)
+
+
+def build_classifier(cfg: DictConfig) -> Classifier:
+    model = init_weights(instantiate(cfg.model), cfg.init.scheme)
+    penalty = WeightPenalty(model, **OmegaConf.to_container(cfg.regularization))
+    scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    interval = scheduler_cfg.pop("interval")
+    scheduler = instantiate(scheduler_cfg) if scheduler_cfg.get("_target_") else None
+    return Classifier(model, instantiate(cfg.optimizer), scheduler, interval, penalty,
+                      compile_model=cfg.compile, compile_mode=cfg.compile_mode, channels_last=cfg.channels_last)
+
+
+def hparams_of(cfg: DictConfig, choices: dict) -> dict:
+    """What the HPARAMS tab shows: the group choices and the values most studies vary."""
+    params = {group: str(choice) for group, choice in choices.items()}
+    params.update({"seed": cfg.seed, "batch_size": cfg.data.batch_size, "lr": cfg.optimizer.lr,
+                   "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "dropout": cfg.model.get("dropout", 0.0),
+                   "l1": cfg.regularization.l1, "l2": cfg.regularization.l2})
+    return params
+
+
+def peak_gpu_memory_mb(trainer: L.Trainer) -> Optional[float]:
+    """The CUDA caching allocator's peak during this run (what it held, not only what tensors used; without
+    the CUDA context, which nvidia-smi adds), in MiB: None off CUDA, and where spawned workers trained
+    (trainer=ddp) and this process only tested."""
+    device = trainer.strategy.root_device
+    if device.type != "cuda" or trainer.world_size > 1:
+        return None
+    return round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+
+
+def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeCheckpoint) -> dict:
+    """Fit and test one run of a checked config; the metrics for metrics.json, the run's identity aside."""
+    if torch.cuda.is_initialized():  # a launcher's worker that ran a trial before: count this run's peak only
+        gc.collect()  # the previous trial's tensors, held in reference cycles
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    classifier = build_classifier(cfg)  # model weights drawn right after seeding
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.load()  # bad data fails here, before a logger or trainer writes anything
+
+    logger = instantiate(cfg.logger)
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if trainer_cfg.get("enable_progress_bar") is None:
+        trainer_cfg["enable_progress_bar"] = sys.stdout.isatty()
+    progress.print_lines = not trainer_cfg["enable_progress_bar"]
+    # Redrawing the bar every step costs more than the step.
+    bar = [TQDMProgressBar(refresh_rate=20)] if trainer_cfg["enable_progress_bar"] else []
+    callbacks = [progress, LearningRateMonitor(), resume,
+                 # No monitor and top-1: last.ckpt is rewritten at the end of every epoch.
+                 ModelCheckpoint(dirpath=resume.path.parent, filename=resume.path.stem, enable_version_counter=False),
+                 *bar]
+    trainer = instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+
+    # An interrupted run continues where its checkpoint was taken: same data order, weights and RNG.
+    last = resume.path
+    if last.exists():
+        check_checkpoint(last, classifier.state_dict())
+        log.info("%s: resuming from %s", run_dir.name, last)
+    trainer.fit(classifier, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
+    progress.collect(trainer)
+    tester = trainer
+    if trainer.world_size > 1:
+        # Test here on one device: DDP would pad the test set with repeated images so that every process
+        # gets as many (skewing test_acc), and a spawn strategy would start its workers once more.
+        one_device = {"devices": 1, "num_nodes": 1, "strategy": "auto", "sync_batchnorm": False}
+        tester = instantiate({**trainer_cfg, **one_device}, logger=logger, callbacks=bar, enable_checkpointing=False,
+                             default_root_dir=str(run_dir))
+    test = tester.test(classifier, datamodule=datamodule, verbose=False)[0]
+
+    hydra_cfg = HydraConfig.get()
+    metrics = {
+        "status": "diverged" if bool(classifier.diverged) else "completed",
+        "test_acc": test["test/acc"],
+        "test_loss": test["test/loss"],
+        "best_val_acc": float(classifier.val_acc_best.max_value),  # also right where fit ran in workers
+        "epochs": progress.epochs_done,
+        "train_seconds": round(progress.train_seconds, 3),
+        "epoch_seconds": progress.epoch_seconds,  # each epoch trained by this process (a resumed run: since resuming)
+        "images_per_second": round(len(progress.epoch_seconds) * datamodule.num_train_images
+                                   / max(progress.train_seconds, 1e-9), 1),
+        "params": sum(p.numel() for p in classifier.model.parameters()),
+        "peak_gpu_memory_mb": peak_gpu_memory_mb(trainer),
+        "name": cfg.name or run_dir.name,
+        "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
+    }
+    final = {f"hparams/{k}": metrics[k] for k in ("test_acc", "test_loss", "best_val_acc")}
+    if isinstance(logger, TensorBoardLogger):  # the HPARAMS tab pairs hyperparameters with these metrics
+        logger.log_hyperparams(hparams_of(cfg, metrics["choices"]), final)
+    else:
+        logger.log_hyperparams(hparams_of(cfg, metrics["choices"]))
+        logger.log_metrics(final)
+    logger.finalize("success")
+    return metrics
