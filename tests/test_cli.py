@@ -212,3 +212,20 @@ def test_report_lists_failed_and_unfinished_runs(tmp_path, cifar_root, monkeypat
     monkeypatch.setattr(report_module, "plot_curves", lambda curves, *a: drawn.append(curves) or plot(curves, *a))
     report_module.write_report(tmp_path / "sweep")
     assert [{v: len(c) for v, c in curves.items()} for curves in drawn] == [{"default": 1}] * 2
+
+
+# Reports whether torch was imported by the time the process exits.
+TORCH_AT_EXIT = """
+import atexit, sys
+atexit.register(lambda: print("torch imported:", "torch" in sys.modules, file=sys.stderr))
+from cifar_ablate.run import cli
+cli()
+"""
+
+
+@pytest.mark.parametrize("override", ["optimizer.lr=0", "data.batch_size=many", "model=lenet7"])
+def test_a_config_error_is_reported_before_torch_is_imported(tmp_path, cifar_root, override):
+    """torch, torchvision and Lightning take seconds to import; a mistyped override should not wait for them."""
+    result = run_cli(f"data.root={cifar_root}", "hydra.run.dir=run", override, cwd=tmp_path, script=TORCH_AT_EXIT)
+    assert result.returncode in (1, 2), result.stderr[-2000:]
+    assert "torch imported: False" in result.stderr
