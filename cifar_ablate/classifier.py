@@ -15,12 +15,13 @@ class TrainingMeans(Metric):
     """An epoch's training loss, accuracy and penalty, each the mean over images, kept as four running sums.
 
     It stands in for two MeanMetrics and a MulticlassAccuracy in the training step: a LeNet step dispatched
-    140 operators with those and 118 with this (`bench/op_count.py`); on a GPU each is a kernel launch. Nothing in
+    140 operators with those and 115 with this (`bench/op_count.py`); on a GPU each is a kernel launch. Nothing in
     `update` reads a value back or builds a tensor from Python data. Sums add up across DDP processes, and a
     NaN or inf loss stays in `loss_sum`, which is how divergence is seen.
     """
 
     full_state_update = False
+    FLOAT_SUMS = ("loss_sum", "penalty_sum")
 
     def __init__(self):
         super().__init__()
@@ -30,16 +31,29 @@ class TrainingMeans(Metric):
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
                penalty: Optional[torch.Tensor] = None):
+        # torchmetrics runs update without autograd, so no detach; add_ with alpha is one operator, and it
+        # sums in float32 also when the loss is float16 (a float16 product overflows at 65,504).
         n = len(target)
-        self.loss_sum += loss.detach() * n
-        self.correct += logits.detach().argmax(1).eq(target).sum()
-        self.count += n
+        self.loss_sum.add_(loss, alpha=n)
+        self.correct.add_(logits.argmax(1).eq(target).sum())
+        self.count.add_(n)
         if penalty is not None:
-            self.penalty_sum += penalty.detach() * n
+            self.penalty_sum.add_(penalty, alpha=n)
 
     def compute(self) -> dict:
         return {"loss": self.loss_sum / self.count, "acc": self.correct / self.count,
                 "penalty": self.penalty_sum / self.count}
+
+    def _apply(self, fn, exclude_state=()):
+        # trainer.precision=16-true or bf16-true casts the module with .to(dtype), which torchmetrics applies
+        # to metric states as well: a float16 sum overflows within an epoch (a healthy run would end as
+        # "diverged") and a bfloat16 one drops small terms. The float sums follow the device, never the dtype.
+        this = super()._apply(fn, exclude_state=(*exclude_state, *self.FLOAT_SUMS))
+        device = this.count.device  # an integer state: moved by fn, never cast to a float dtype
+        for name in self.FLOAT_SUMS:
+            setattr(this, name, getattr(this, name).to(device))
+            this._defaults[name] = this._defaults[name].to(device)
+        return this
 
 
 class Classifier(L.LightningModule):

@@ -223,6 +223,23 @@ def test_epoch_training_loss_and_accuracy_are_means_over_images_not_over_batches
     assert classifier.train_means.compute()["acc"].item() == pytest.approx(hits / sum(sizes))
 
 
+@pytest.mark.parametrize("precision, dtype", [("16-true", torch.float16), ("bf16-true", torch.bfloat16)])
+def test_epoch_sums_stay_float32_when_the_trainer_casts_the_module(compose_config, precision, dtype):
+    """A float16 sum of an epoch's losses overflows (a healthy run would end as diverged); a bfloat16 one drops terms."""
+    from lightning.pytorch.plugins.precision import HalfPrecision
+    classifier = HalfPrecision(precision).convert_module(build_classifier(compose_config(["model=lenet"])))
+    assert next(classifier.model.parameters()).dtype == dtype  # the cast Lightning makes did happen
+    means = classifier.train_means
+    for _ in range(703):  # one epoch of 45,000 images at batch 64: the data loss sums to about 103,000
+        means.update(torch.tensor(2.3, dtype=dtype), torch.zeros(64, 10, dtype=dtype), torch.zeros(64, dtype=torch.long),
+                     torch.tensor(0.01, dtype=dtype))
+    assert means.loss_sum.dtype == torch.float32
+    result = means.compute()
+    assert result["loss"].item() == pytest.approx(torch.tensor(2.3, dtype=dtype).item(), rel=1e-5)
+    assert result["penalty"].item() == pytest.approx(torch.tensor(0.01, dtype=dtype).item(), rel=1e-4)
+    assert result["acc"].item() == 1.0
+
+
 def test_training_step_moves_no_value_between_host_and_device(compose_config):
     """No .item() and no tensor built from Python data in the step: on CUDA either one blocks the host."""
     from torch.overrides import TorchFunctionMode
