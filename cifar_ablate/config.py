@@ -98,8 +98,22 @@ def _require(ok: bool, key: str, value, fits: str):
         raise ConfigError(f"{key}={value}: {fits}")
 
 
+def _require_number(group: DictConfig, prefix: str, keys: tuple, none_ok: bool = False):
+    """The open groups (model, optimizer, ...) have no schema types: a value the range checks compare must be a number."""
+    for key in keys:
+        if key in group:
+            value = group[key]
+            ok = (value is None and none_ok) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+            _require(ok, f"{prefix}.{key}", value, "must be a number")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first value that cannot work, before anything is trained."""
+    _require_number(cfg.model, "model", ("dropout", "dropout2"), none_ok=True)
+    _require_number(cfg.optimizer, "optimizer", ("lr", "weight_decay", "momentum"))
+    _require_number(cfg.scheduler, "scheduler", ("gamma",))
+    _require_number(cfg.trainer, "trainer", ("max_epochs",), none_ok=True)
+    _require_number(cfg.trainer, "trainer", ("max_steps", "num_nodes"))
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be in [0, 2**32)")
     _require(cfg.compile_mode in COMPILE_MODES, "compile_mode", cfg.compile_mode,
              f"must be one of {', '.join(COMPILE_MODES)}")

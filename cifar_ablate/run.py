@@ -121,10 +121,13 @@ OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=
 
 
 
-@rank_zero_only  # under SLURM with trainer=ddp every task runs the job; only rank 0 records the run
 def write_metrics(run_dir: Path, content: dict) -> None:
     """Write the run's metrics.json whole or not at all: a reader never sees a half-written file. NaN and
     inf become null (strict JSON); a diverged run says so in its status."""
+    # Under SLURM with trainer=ddp every task runs the job; only rank 0 records the run. Lightning sets this
+    # rank when imported; a config error is recorded before that, the same by every task.
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
     content = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in content.items()}
     path = run_dir / "metrics.json"
     tmp = path.with_suffix(".tmp")
@@ -166,8 +169,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     try:
         check_config(cfg)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return refuse(e, cfg, run_dir, epochs_done=0)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from cifar_ablate import training
@@ -177,8 +179,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     try:
         metrics = {**training.train(cfg, run_dir, progress, resume), **run_identity(cfg)}
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return refuse(e, cfg, run_dir, progress.epochs_done)
     except SIGTERMException:
         # Stopped by a signal: not a result. The same command continues from the checkpoint; a sweep stops.
         signame = signal.Signals(resume.stopped_by).name
@@ -201,6 +202,17 @@ def main(cfg: DictConfig) -> Optional[float]:
              metrics["test_acc"], metrics["best_val_acc"], metrics["status"], metrics["epochs"],
              metrics["train_seconds"])
     return objective(metrics)
+
+
+def refuse(error: UserError, cfg: DictConfig, run_dir: Path, epochs_done: int) -> None:
+    """A user error: one line. A single run exits 2; in a sweep this run is recorded as failed and the others
+    go on (the sweep exits 1 at its end, its summary naming the run), as a crashed run's would."""
+    print(f"error: {error}", file=sys.stderr)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.exit(2)
+    write_metrics(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}", "epoch": epochs_done,
+                            **run_identity(cfg)})
+    return None
 
 
 def resume_overrides(args: list[str]) -> list[str]:

@@ -111,6 +111,8 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("compile_mode=fast", "compile_mode=fast: must be one of default, reduce-overhead, max-autotune, "
                           "max-autotune-no-cudagraphs"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0: must be >= 1"),
+    ("optimizer.lr=abc", "optimizer.lr=abc: must be a number"),
+    ("model.dropout=true", "model.dropout=True: must be a number"),
     ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be > 0"),
     ("model.dropout=1.0", r"model.dropout=1.0: must be in \[0, 1\)"),
     ("data.batch_size=0", "data.batch_size=0: must be >= 1"),
@@ -229,3 +231,17 @@ def test_a_config_error_is_reported_before_torch_is_imported(tmp_path, cifar_roo
     result = run_cli(f"data.root={cifar_root}", "hydra.run.dir=run", override, cwd=tmp_path, script=TORCH_AT_EXIT)
     assert result.returncode in (1, 2), result.stderr[-2000:]
     assert "torch imported: False" in result.stderr
+
+
+def test_a_bad_value_in_one_sweep_point_fails_that_run_and_the_sweep_goes_on(tmp_path, cifar_root):
+    result = run_cli("-m", "optimizer.lr=0.01,0,0.02", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep",
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    assert "error: optimizer.lr=0: must be > 0" in result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+    sweep = tmp_path / "sweep"
+    rows = {r["run"]: r["status"] for r in csv.DictReader(open(sweep / "runs.csv"))}
+    assert rows == {"optimizer.lr=0.01": "completed", "optimizer.lr=0": "failed", "optimizer.lr=0.02": "completed"}
+    failed = json.loads((sweep / "optimizer.lr=0" / "metrics.json").read_text())
+    assert failed["error"] == "ConfigError: optimizer.lr=0: must be > 0" and "test_acc" not in failed
+    assert not list((sweep / "optimizer.lr=0").glob("events.out.tfevents.*"))
