@@ -78,5 +78,6 @@ def check_checkpoint(path: Path, state_dict: dict) -> None:
     differ = sorted(k for k in state_dict.keys() | saved.keys()
                     if k not in saved or k not in state_dict or saved[k].shape != state_dict[k].shape)
     if differ:
-        raise CheckpointError(f"{path}: saved by a different model or config ({len(differ)} tensors differ, "
-                              f"e.g. {differ[0]}); use a new run dir, or delete the checkpoint to start over")
+        raise CheckpointError(f"{path}: saved by a different model or config, or an older cifar_ablate "
+                              f"({len(differ)} tensors differ, e.g. {differ[0]}); use a new run dir, or delete the "
+                              "checkpoint to start over")
