@@ -42,12 +42,17 @@ class RunProgress(Callback):
         self.epochs_done = 0
         self.train_seconds = 0.0
         self.epoch_seconds: list[float] = []
+        self.images_per_epoch = 0
         self._start = self._epoch_start = None
         self._printed = 0
 
     def on_train_start(self, trainer, pl_module):
         self._start = self._epoch_start = time.perf_counter()  # a run resumed mid-epoch starts no epoch
         self._printed = self.epochs_done = trainer.current_epoch  # a resumed run starts past 0
+        # What an epoch trains, all processes together: less than the split under trainer.limit_train_batches.
+        data = trainer.datamodule
+        self.images_per_epoch = min(data.num_train_images,
+                                    trainer.num_training_batches * data.batch_size * trainer.world_size)
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.epochs_done = trainer.current_epoch + 1
@@ -75,7 +80,8 @@ class RunProgress(Callback):
         trainer.callback_metrics.update({
             "progress/epochs_done": torch.tensor(self.epochs_done),
             "progress/train_seconds": torch.tensor(self.train_seconds, dtype=torch.float64),
-            "progress/epoch_seconds": torch.tensor(self.epoch_seconds, dtype=torch.float64)})
+            "progress/epoch_seconds": torch.tensor(self.epoch_seconds, dtype=torch.float64),
+            "progress/images_per_epoch": torch.tensor(self.images_per_epoch)})
 
     def collect(self, trainer) -> None:
         """After fit, in the process that called it: take over what the (possibly spawned) workers counted."""
@@ -84,6 +90,7 @@ class RunProgress(Callback):
             self.epochs_done = int(m["progress/epochs_done"])
             self.train_seconds = float(m["progress/train_seconds"])
             self.epoch_seconds = m["progress/epoch_seconds"].tolist()
+            self.images_per_epoch = int(m["progress/images_per_epoch"])
 
 
 def build_datamodule(cfg: DictConfig) -> CIFAR10DataModule:
@@ -173,7 +180,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         "epochs": progress.epochs_done,
         "train_seconds": round(progress.train_seconds, 3),
         "epoch_seconds": progress.epoch_seconds,  # each epoch trained by this process (a resumed run: since resuming)
-        "images_per_second": round(len(progress.epoch_seconds) * datamodule.num_train_images
+        "images_per_second": round(len(progress.epoch_seconds) * progress.images_per_epoch
                                    / max(progress.train_seconds, 1e-9), 1),
         "params": sum(p.numel() for p in classifier.model.parameters()),
         "peak_gpu_memory_mb": peak_gpu_memory_mb(trainer),

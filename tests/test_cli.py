@@ -245,3 +245,11 @@ def test_a_bad_value_in_one_sweep_point_fails_that_run_and_the_sweep_goes_on(tmp
     failed = json.loads((sweep / "optimizer.lr=0" / "metrics.json").read_text())
     assert failed["error"] == "ConfigError: optimizer.lr=0: must be > 0" and "test_acc" not in failed
     assert not list((sweep / "optimizer.lr=0").glob("events.out.tfevents.*"))
+
+
+def test_images_per_second_counts_only_the_batches_trained(tmp_path, cifar_root):
+    """trainer.limit_train_batches=3 of 32 images trains 96 images an epoch, not the 250 of the split."""
+    result = run_cli(f"data.root={cifar_root}", *FAST, "trainer.limit_train_batches=3", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["images_per_second"] == pytest.approx(96 / metrics["train_seconds"], rel=0.02)
