@@ -73,3 +73,14 @@ def test_several_devices_with_lightnings_default_ddp_are_refused(tmp_path, cifar
     result = run_cli(f"data.root={cifar_root}", *FAST, "trainer.devices=2", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: trainer.strategy=auto: re-runs the whole")
+
+
+def test_a_ddp_run_with_the_csv_logger_keeps_the_workers_curves(tmp_path, cifar_root):
+    """The worker logs training and validation, the parent process the test: both go to one metrics.csv."""
+    from cifar_ablate.report import read_curves
+    result = run_cli(f"data.root={cifar_root}", *DDP, "logger=csv", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    curves = read_curves(tmp_path / "run")
+    assert [len(curves[t]) for t in ("val/acc", "train/loss_epoch")] == [2, 2]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert sum(1 for r in rows if r.get("test/acc")) == 1

@@ -92,6 +92,21 @@ def test_a_run_stopped_by_a_signal_saves_mid_epoch_and_resumes_bit_identically(t
     assert read_curves(tmp_path / "stopped")["train/loss_epoch"] == read_curves(whole)["train/loss_epoch"]
 
 
+@pytest.mark.parametrize("signame", ["SIGKILL", "SIGTERM"])
+def test_a_resumed_run_keeps_the_curves_it_logged_before_the_stop_in_metrics_csv(tmp_path, cifar_root, signame):
+    """logger=csv: the resuming process adds to metrics.csv, so the report's curves cover every epoch once."""
+    args = [f"data.root={cifar_root}", *FAST, "trainer.max_epochs=3", "logger=csv"]
+    whole = run_cli(*args, "hydra.run.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    stopped = run_cli(*args, "hydra.run.dir=stopped", cwd=tmp_path, script=SIGNAL_MID_EPOCH, env={"STOP_SIGNAL": signame})
+    assert stopped.returncode in (-9, 143), stopped.stderr[-2000:]
+    resumed = run_cli(*args, "hydra.run.dir=stopped", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    curves = read_curves(tmp_path / "stopped")
+    assert [len(curves[t]) for t in ("val/acc", "train/loss_epoch")] == [3, 3]
+    assert curves == read_curves(tmp_path / "whole")
+
+
 def test_resume_expands_to_the_runs_own_overrides_into_its_dir(tmp_path, compose_config):
     run_dir = tmp_path / "sweep" / "model=lenet_bn,seed=1"  # a sweep's run dir: '=' and ',' in its name
     (run_dir / ".hydra").mkdir(parents=True)
