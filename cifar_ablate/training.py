@@ -14,6 +14,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -23,6 +24,7 @@ from cifar_ablate.augment import BatchAugment
 from cifar_ablate.checkpointing import ResumeCheckpoint, check_checkpoint
 from cifar_ablate.classifier import Classifier
 from cifar_ablate.data import CIFAR10DataModule
+from cifar_ablate.errors import ConfigError
 from cifar_ablate.penalty import WeightPenalty
 from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
 from cifar_ablate.weight_init import init_weights
@@ -140,9 +142,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
     datamodule.prepare_data()
     datamodule.load()  # bad data fails here, before a logger or trainer writes anything
 
-    logger = instantiate(cfg.logger)
-    if isinstance(logger, TensorBoardLogger):
-        logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
+    logger = instantiate(cfg.logger)  # writes nothing until first used
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     if trainer_cfg.get("enable_progress_bar") is None:
         trainer_cfg["enable_progress_bar"] = sys.stdout.isatty()
@@ -153,13 +153,18 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
                  # No monitor and top-1: last.ckpt is rewritten at the end of every epoch.
                  ModelCheckpoint(dirpath=resume.path.parent, filename=resume.path.stem, enable_version_counter=False),
                  *bar]
-    trainer = instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    try:
+        trainer = instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    except InstantiationException as e:  # Lightning refused a trainer.* value (precision, accelerator, ...)
+        raise ConfigError(f"trainer: {e.__cause__ or e}") from None
 
     # An interrupted run continues where its checkpoint was taken: same data order, weights and RNG.
     last = resume.path
     if last.exists():
         check_checkpoint(last, classifier.state_dict())
         log.info("%s: resuming from %s", run_dir.name, last)
+    if isinstance(logger, TensorBoardLogger):  # the first write to the run's logs, once nothing can be refused
+        logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
     progress.collect(trainer)
     tester = trainer

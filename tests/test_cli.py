@@ -112,6 +112,7 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
                           "max-autotune-no-cudagraphs"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0: must be >= 1"),
     ("optimizer.lr=abc", "optimizer.lr=abc: must be a number"),
+    ("trainer.precision=17", r"trainer: Precision 17 is invalid. Allowed precision values: .*"),
     ("model.dropout=true", "model.dropout=True: must be a number"),
     ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be > 0"),
     ("model.dropout=1.0", r"model.dropout=1.0: must be in \[0, 1\)"),
