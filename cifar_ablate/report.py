@@ -243,6 +243,27 @@ def read_baseline(sweep_dir: Path) -> Optional[str]:
     return None
 
 
+LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+
+
+def limits_note(sweep_dir: Path) -> Optional[str]:
+    """Says so when runs used only part of a split (trainer.limit_*_batches): a quick check, not a study's numbers."""
+    used: dict[str, set] = {}
+    limited = 0
+    for run_dir in run_dirs(sweep_dir):
+        config = run_dir / ".hydra" / "config.yaml"
+        trainer = (OmegaConf.load(config).get("trainer") or {}) if config.exists() else {}
+        found = {k: trainer.get(k) for k in LIMITS if trainer.get(k) not in (None, 1, 1.0)}
+        limited += bool(found)
+        for k, v in found.items():
+            used.setdefault(k, set()).add(str(v))
+    if not limited:
+        return None
+    return (f"{limited} of {len(run_dirs(sweep_dir))} runs used part of a split ("
+            + ", ".join(f"trainer.{k}={'/'.join(sorted(v))}" for k, v in used.items())
+            + "): their epochs, accuracies and losses are not those of the full study.")
+
+
 def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False) -> tuple[list[dict], list[dict], str]:
     """Write summary.md, summary.csv, runs.csv and the figures; return (variants, runs, summary markdown).
 
@@ -259,6 +280,7 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
         if strict:
             raise
         variants, note = variant_rows(runs, None), f"{e}; compared against the first variant instead."
+    note = " ".join(n for n in (note, limits_note(sweep_dir)) if n) or None
     with open(sweep_dir / "runs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=("variant",) + RUN_COLUMNS, extrasaction="ignore")
         writer.writeheader()

@@ -94,3 +94,22 @@ def test_bar_chart_has_one_bar_per_variant_with_error_bars():
     ax = plot_test_accuracy(rows).axes[0]
     assert len(ax.patches) == 2 and ax.get_ylabel().startswith("test accuracy")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["model=a", "model=b"]
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # these hand-made runs have no curves to draw
+def test_runs_limited_to_part_of_a_split_are_flagged_at_the_top_of_the_summary(tmp_path):
+    import json
+
+    from cifar_ablate.report import write_report
+
+    runs = [run("model=a", 0, 0.50), run("model=b", 0, 0.70)]
+    for r, limits in zip(runs, ("limit_train_batches: 20\n  limit_test_batches: 5\n", "limit_train_batches: 1.0\n")):
+        run_dir = tmp_path / r["run"]
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 1\n  " + limits)
+        (run_dir / "metrics.json").write_text(json.dumps({**r, "name": r["run"]}))
+    _, _, markdown = write_report(tmp_path)
+    assert ("Note: 1 of 2 runs used part of a split (trainer.limit_train_batches=20, trainer.limit_test_batches=5): "
+            "their epochs, accuracies and losses are not those of the full study.") in markdown
+    (tmp_path / runs[0]["run"] / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 1\n")
+    assert "Note:" not in write_report(tmp_path)[2]
