@@ -133,7 +133,9 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         accuracy.update(logits, y)  # the logged Metric object is computed once, at epoch end
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+        # sync_dist: under DDP the image-weighted mean over every process's batches (one reduction per epoch;
+        # nothing on one device). The accuracy Metric syncs itself.
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log(f"{stage}/acc", accuracy, on_epoch=True, batch_size=len(y))
 
     def validation_step(self, batch, batch_idx):

@@ -84,3 +84,37 @@ def test_a_ddp_run_with_the_csv_logger_keeps_the_workers_curves(tmp_path, cifar_
     assert [len(curves[t]) for t in ("val/acc", "train/loss_epoch")] == [2, 2]
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert sum(1 for r in rows if r.get("test/acc")) == 1
+
+
+# Every validation batch appends its loss and size, per process, to val_rank<N>.jsonl.
+RECORD_VAL = '''
+import json
+import torch.nn.functional as F
+from cifar_ablate import classifier
+evaluate = classifier.Classifier._evaluate
+def recording(self, batch, stage, accuracy):
+    if stage == "val":
+        x, y = batch
+        with open(f"val_rank{self.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": self.current_epoch, "loss": float(F.cross_entropy(self(x), y)),
+                                "n": len(y)}) + "\\n")
+    return evaluate(self, batch, stage, accuracy)
+classifier.Classifier._evaluate = recording
+if __name__ == "__main__":
+    from cifar_ablate.run import main
+    main()
+'''
+
+
+def test_a_ddp_runs_validation_loss_is_the_mean_over_both_processes_images(tmp_path, cifar_root):
+    (tmp_path / "record_val.py").write_text(RECORD_VAL)
+    result = run_cli(f"data.root={cifar_root}", *DDP, "logger=csv", "data.eval_batch_size=10", "hydra.run.dir=run",
+                     cwd=tmp_path, file=Path("record_val.py"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    batches = [json.loads(line) for r in (0, 1) for line in open(tmp_path / f"val_rank{r}.jsonl")]
+    logged = [float(r["val/loss"]) for r in csv.DictReader(open(tmp_path / "run" / "metrics.csv")) if r.get("val/loss")]
+    for epoch in (0, 1):
+        mine = [b for b in batches if b["epoch"] == epoch]
+        assert sum(b["n"] for b in mine) == 50  # the 50 validation images, split between the processes
+        expected = sum(b["loss"] * b["n"] for b in mine) / 50
+        assert logged[epoch] == pytest.approx(expected, rel=1e-5)
