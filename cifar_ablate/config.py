@@ -95,7 +95,7 @@ ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
 def _require(ok: bool, key: str, value, fits: str):
     if not ok:
-        raise ConfigError(f"{key}={value}: {fits}")
+        raise ConfigError(f"{key}={value}: {fits}", keys=(key,))
 
 
 def _require_number(group: DictConfig, prefix: str, keys: tuple, none_ok: bool = False):

@@ -267,7 +267,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         n = len(train_x)
         if not 0 <= self.val_size < n:
             raise ConfigError(f"data.val_size={self.val_size}: must be in [0, {n}) for the {n} training "
-                              f"images at {self.root} (0 validates on the test set)")
+                              f"images at {self.root} (0 validates on the test set)",
+                              keys=("data.val_size", "data.train_fraction"))
         # The split depends on split_seed alone, so runs with different seeds validate on the same images.
         order = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(self.split_seed, 0, 2)))
         val_idx, train_idx = order[:self.val_size].sort().values, order[self.val_size:]

@@ -6,7 +6,11 @@ class UserError(Exception):
 
 
 class ConfigError(UserError):
-    """A config value out of range or inconsistent with another."""
+    """A config value out of range or inconsistent with another; `keys` name the config keys at fault."""
+
+    def __init__(self, message: str, keys: tuple = ()):
+        super().__init__(message)
+        self.keys = keys
 
 
 class DataError(UserError):

@@ -20,7 +20,8 @@ class WeightPenalty:
         unknown = sorted(set(layers or ()) - set(candidates))
         if unknown:
             raise ConfigError(f"regularization.layers={list(layers)}: {type(model).__name__} has no layer "
-                              f"{', '.join(unknown)}; its layers are {', '.join(candidates)}")
+                              f"{', '.join(unknown)}; its layers are {', '.join(candidates)}",
+                              keys=("regularization.layers", "model"))
         chosen = candidates if layers is None else {name: candidates[name] for name in layers}
         self._weights = [m.weight for m in chosen.values()]
 

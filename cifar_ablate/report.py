@@ -52,14 +52,14 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
     return sorted(rows, key=lambda r: (r.get("job_num", 1 << 30), r["run"]))
 
 
-def _items(run_name: str) -> list[str]:
+def name_items(run_name: str) -> list[str]:
     """`model=lenet,seed=1` → ["model=lenet", "seed=1"] (a comma inside a value stays in it)."""
     return re.split(r",(?=[+~]*[\w./-]+=)", run_name)
 
 
 def variant_of(run_name: str) -> str:
     """The run's name without its seed: runs of one variant differ only in seed."""
-    kept = [item for item in _items(run_name) if not re.fullmatch(r"[+~]*seed=.*", item)]
+    kept = [item for item in name_items(run_name) if not re.fullmatch(r"[+~]*seed=.*", item)]
     return ",".join(kept) or "default"
 
 

@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import InterpolationResolutionError
 
 from cifar_ablate.config import check_config
-from cifar_ablate.errors import UserError
+from cifar_ablate.errors import CheckpointError, UserError
+from cifar_ablate.report import name_items
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +206,19 @@ def main(cfg: DictConfig) -> Optional[float]:
 
 
 def refuse(error: UserError, cfg: DictConfig, run_dir: Path, epochs_done: int) -> None:
-    """A user error: one line. A single run exits 2; in a sweep this run is recorded as failed and the others
-    go on (the sweep exits 1 at its end, its summary naming the run), as a crashed run's would."""
+    """A user error: one line and exit 2. In a sweep, an error of this sweep point alone (a value the sweep
+    varies, or this run's checkpoint) instead fails only this run: recorded, and the other runs go on (the
+    sweep exits 1 at its end, as for a crashed run). An error every point shares stops the sweep at once."""
     print(f"error: {error}", file=sys.stderr)
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        sys.exit(2)
-    write_metrics(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}", "epoch": epochs_done,
-                            **run_identity(cfg)})
-    return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # What a sweep varies names its runs: hydra.job.override_dirname, e.g. `model=lenet,optimizer.lr=0`.
+        varying = {item.split("=", 1)[0].lstrip("+~") for item in name_items(hydra_cfg.job.override_dirname)}
+        if isinstance(error, CheckpointError) or varying & set(getattr(error, "keys", ())):
+            write_metrics(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                                    "epoch": epochs_done, **run_identity(cfg)})
+            return None
+    sys.exit(2)
 
 
 def resume_overrides(args: list[str]) -> list[str]:

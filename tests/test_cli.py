@@ -254,3 +254,11 @@ def test_images_per_second_counts_only_the_batches_trained(tmp_path, cifar_root)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["images_per_second"] == pytest.approx(96 / metrics["train_seconds"], rel=0.02)
+
+
+def test_a_bad_value_every_sweep_point_shares_stops_the_sweep_at_once(tmp_path, cifar_root):
+    result = run_cli("-m", "seed=0,1", "optimizer.lr=0", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines().count("error: optimizer.lr=0: must be > 0") == 1
+    assert not list((tmp_path / "sweep").glob("*/metrics.json"))
