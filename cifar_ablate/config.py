@@ -110,10 +110,16 @@ def _require_number(group: DictConfig, prefix: str, keys: tuple, none_ok: bool =
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first value that cannot work, before anything is trained."""
     _require_number(cfg.model, "model", ("dropout", "dropout2"), none_ok=True)
-    _require_number(cfg.optimizer, "optimizer", ("lr", "weight_decay", "momentum"))
-    _require_number(cfg.scheduler, "scheduler", ("gamma",))
-    _require_number(cfg.trainer, "trainer", ("max_epochs",), none_ok=True)
-    _require_number(cfg.trainer, "trainer", ("max_steps", "num_nodes"))
+    _require_number(cfg.model, "model", ("blocks_per_stage",))
+    _require_number(cfg.optimizer, "optimizer", ("lr", "weight_decay", "momentum", "alpha"))
+    _require_number(cfg.scheduler, "scheduler", ("gamma", "step_size", "eta_min", "base_lr", "max_lr",
+                                                 "step_size_up", "pct_start"))
+    _require_number(cfg.scheduler, "scheduler", ("T_max", "total_steps"), none_ok=True)  # null: from the trainer
+    _require_number(cfg.trainer, "trainer", ("max_epochs", "limit_train_batches", "limit_val_batches",
+                                             "limit_test_batches", "check_val_every_n_epoch", "gradient_clip_val"),
+                    none_ok=True)
+    _require_number(cfg.trainer, "trainer", ("max_steps", "num_nodes", "log_every_n_steps", "accumulate_grad_batches",
+                                             "num_sanity_val_steps"))
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be in [0, 2**32)")
     _require(cfg.compile_mode in COMPILE_MODES, "compile_mode", cfg.compile_mode,
              f"must be one of {', '.join(COMPILE_MODES)}")

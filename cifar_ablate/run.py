@@ -121,17 +121,25 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=True)
 
 
+def process_rank() -> int:
+    """This process's global rank: Lightning's once imported, else read from the environment as Lightning
+    reads it (a config error is recorded before Lightning is imported)."""
+    rank = getattr(rank_zero_only, "rank", None)
+    if rank is None:
+        found = [os.environ[k] for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK") if k in os.environ]
+        rank = int(found[0]) if found else 0
+    return rank
+
 
 def write_metrics(run_dir: Path, content: dict) -> None:
     """Write the run's metrics.json whole or not at all: a reader never sees a half-written file. NaN and
     inf become null (strict JSON); a diverged run says so in its status."""
-    # Under SLURM with trainer=ddp every task runs the job; only rank 0 records the run. Lightning sets this
-    # rank when imported; a config error is recorded before that, the same by every task.
-    if getattr(rank_zero_only, "rank", 0) != 0:
+    # Under SLURM with trainer=ddp every task runs the job; only rank 0 records the run.
+    if process_rank() != 0:
         return
     content = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in content.items()}
     path = run_dir / "metrics.json"
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 

@@ -18,6 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_ablate.augment import BatchAugment
@@ -44,17 +45,18 @@ class RunProgress(Callback):
         self.epochs_done = 0
         self.train_seconds = 0.0
         self.epoch_seconds: list[float] = []
-        self.images_per_epoch = 0
+        self.images_trained = 0  # by all processes, since this process started (or resumed)
         self._start = self._epoch_start = None
         self._printed = 0
 
     def on_train_start(self, trainer, pl_module):
         self._start = self._epoch_start = time.perf_counter()  # a run resumed mid-epoch starts no epoch
         self._printed = self.epochs_done = trainer.current_epoch  # a resumed run starts past 0
-        # What an epoch trains, all processes together: less than the split under trainer.limit_train_batches.
-        data = trainer.datamodule
-        self.images_per_epoch = min(data.num_train_images,
-                                    trainer.num_training_batches * data.batch_size * trainer.world_size)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # Counted, not derived from the split: trainer.limit_train_batches, a resumed partial epoch or max_steps
+        # train less. Every process trains a batch of this size (DDP pads the last ones).
+        self.images_trained += len(batch[1]) * trainer.world_size
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.epochs_done = trainer.current_epoch + 1
@@ -83,7 +85,7 @@ class RunProgress(Callback):
             "progress/epochs_done": torch.tensor(self.epochs_done),
             "progress/train_seconds": torch.tensor(self.train_seconds, dtype=torch.float64),
             "progress/epoch_seconds": torch.tensor(self.epoch_seconds, dtype=torch.float64),
-            "progress/images_per_epoch": torch.tensor(self.images_per_epoch)})
+            "progress/images_trained": torch.tensor(self.images_trained)})
 
     def collect(self, trainer) -> None:
         """After fit, in the process that called it: take over what the (possibly spawned) workers counted."""
@@ -92,7 +94,7 @@ class RunProgress(Callback):
             self.epochs_done = int(m["progress/epochs_done"])
             self.train_seconds = float(m["progress/train_seconds"])
             self.epoch_seconds = m["progress/epoch_seconds"].tolist()
-            self.images_per_epoch = int(m["progress/images_per_epoch"])
+            self.images_trained = int(m["progress/images_trained"])
 
 
 def build_datamodule(cfg: DictConfig) -> CIFAR10DataModule:
@@ -155,14 +157,20 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
                  *bar]
     try:
         trainer = instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
-    except InstantiationException as e:  # Lightning refused a trainer.* value (precision, accelerator, ...)
-        raise ConfigError(f"trainer: {e.__cause__ or e}") from None
+    except InstantiationException as e:
+        # Lightning refusing a trainer.* value (precision, accelerator, ...) is the user's to fix; anything else
+        # (a broken driver, a bug) keeps its traceback.
+        if not isinstance(e.__cause__, (ValueError, TypeError, ImportError, MisconfigurationException)):
+            raise
+        raise ConfigError(f"trainer: {e.__cause__}") from None
 
     # An interrupted run continues where its checkpoint was taken: same data order, weights and RNG.
     last = resume.path
     if last.exists():
         check_checkpoint(last, classifier.state_dict())
         log.info("%s: resuming from %s", run_dir.name, last)
+    else:  # a fresh start; rows an earlier attempt left (its checkpoint deleted) are not this run's
+        (run_dir / "metrics.csv").unlink(missing_ok=True)
     if isinstance(logger, TensorBoardLogger):  # the first write to the run's logs, once nothing can be refused
         logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)
@@ -185,8 +193,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         "epochs": progress.epochs_done,
         "train_seconds": round(progress.train_seconds, 3),
         "epoch_seconds": progress.epoch_seconds,  # each epoch trained by this process (a resumed run: since resuming)
-        "images_per_second": round(len(progress.epoch_seconds) * progress.images_per_epoch
-                                   / max(progress.train_seconds, 1e-9), 1),
+        "images_per_second": round(progress.images_trained / max(progress.train_seconds, 1e-9), 1),
         "params": sum(p.numel() for p in classifier.model.parameters()),
         "peak_gpu_memory_mb": peak_gpu_memory_mb(trainer),
         "name": cfg.name or run_dir.name,

@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 
 import pytest
@@ -88,6 +89,9 @@ def test_a_run_stopped_by_a_signal_saves_mid_epoch_and_resumes_bit_identically(t
     b = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
     assert b["status"] == "completed" and b["epochs"] == 3
     assert (b["test_acc"], b["test_loss"], b["best_val_acc"]) == (a["test_acc"], a["test_loss"], a["best_val_acc"])
+    # Speed counts only what this process trained: the 4 batches left of epoch 2 (3 x 32 + 26 images) and
+    # epoch 3's 250, over its own time.
+    assert b["images_per_second"] == pytest.approx((122 + 250) / b["train_seconds"], rel=0.02)
     # The interrupted epoch's training loss covers all its batches, those before the signal included.
     assert read_curves(tmp_path / "stopped")["train/loss_epoch"] == read_curves(whole)["train/loss_epoch"]
 
@@ -105,6 +109,17 @@ def test_a_resumed_run_keeps_the_curves_it_logged_before_the_stop_in_metrics_csv
     curves = read_curves(tmp_path / "stopped")
     assert [len(curves[t]) for t in ("val/acc", "train/loss_epoch")] == [3, 3]
     assert curves == read_curves(tmp_path / "whole")
+
+
+def test_a_run_started_over_in_its_dir_keeps_no_rows_of_the_earlier_attempt(tmp_path, cifar_root):
+    """Deleting the checkpoint starts the run over (what a refused checkpoint's message advises)."""
+    args = [f"data.root={cifar_root}", *FAST, "trainer.max_epochs=2", "logger=csv", "hydra.run.dir=run"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    (tmp_path / "run" / "metrics.json").unlink()
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [len(v) for v in read_curves(tmp_path / "run").values()] == [2, 2]
 
 
 def test_resume_expands_to_the_runs_own_overrides_into_its_dir(tmp_path, compose_config):
@@ -270,3 +285,20 @@ def test_soak_thirty_runs_with_failures_and_a_kill_end_fully_accounted_for(tmp_p
     # logger=csv: the report reads its curves from each run's metrics.csv.
     curves = read_curves(sweep / "seed=0")
     assert (sweep / "seed=0" / "metrics.csv").exists() and len(curves["val/acc"]) == len(curves["train/loss_epoch"]) == 1
+
+
+@pytest.mark.parametrize("env, writes", [({}, True), ({"SLURM_PROCID": "0"}, True), ({"SLURM_PROCID": "1"}, False),
+                                         ({"RANK": "2"}, False)])
+def test_only_rank_zero_records_a_run_also_before_lightning_sets_the_rank(tmp_path, monkeypatch, env, writes):
+    """Under SLURM every task runs the job; a config error is recorded before Lightning is imported."""
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    from cifar_ablate.run import write_metrics
+    monkeypatch.delattr(rank_zero_only, "rank", raising=False)
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    write_metrics(tmp_path, {"status": "failed"})
+    assert (tmp_path / "metrics.json").exists() == writes
+    assert not list(tmp_path.glob("*.tmp"))

@@ -224,12 +224,14 @@ def test_epoch_training_loss_and_accuracy_are_means_over_images_not_over_batches
 
 
 @pytest.mark.parametrize("precision, dtype", [("16-true", torch.float16), ("bf16-true", torch.bfloat16)])
-def test_epoch_sums_stay_float32_when_the_trainer_casts_the_module(compose_config, precision, dtype):
-    """A float16 sum of an epoch's losses overflows (a healthy run would end as diverged); a bfloat16 one drops terms."""
+def test_metric_states_stay_float32_when_the_trainer_casts_the_module(compose_config, precision, dtype):
+    """A float16 sum of an epoch's losses overflows (a healthy run would end as diverged); a bfloat16 one drops
+    terms, and a bfloat16 best accuracy rounds to steps of 0.004."""
     from lightning.pytorch.plugins.precision import HalfPrecision
     classifier = HalfPrecision(precision).convert_module(build_classifier(compose_config(["model=lenet"])))
     assert next(classifier.model.parameters()).dtype == dtype  # the cast Lightning makes did happen
     means = classifier.train_means
+    means.reset()  # as every epoch starts: the states are rebuilt from their defaults
     for _ in range(703):  # one epoch of 45,000 images at batch 64: the data loss sums to about 103,000
         means.update(torch.tensor(2.3, dtype=dtype), torch.zeros(64, 10, dtype=dtype), torch.zeros(64, dtype=torch.long),
                      torch.tensor(0.01, dtype=dtype))
@@ -238,6 +240,9 @@ def test_epoch_sums_stay_float32_when_the_trainer_casts_the_module(compose_confi
     assert result["loss"].item() == pytest.approx(torch.tensor(2.3, dtype=dtype).item(), rel=1e-5)
     assert result["penalty"].item() == pytest.approx(torch.tensor(0.01, dtype=dtype).item(), rel=1e-4)
     assert result["acc"].item() == 1.0
+    classifier.val_acc_best.reset()
+    classifier.val_acc_best.update(torch.tensor(0.8123))
+    assert classifier.val_acc_best.compute().item() == torch.tensor(0.8123).item()  # not 0.8125
 
 
 def test_training_step_moves_no_value_between_host_and_device(compose_config):
