@@ -132,10 +132,12 @@ class Classifier(L.LightningModule):
 
     def on_train_epoch_end(self):
         means = self.train_means.compute()
-        self.log("train/loss_epoch", means["loss"])
-        self.log("train/acc_epoch", means["acc"])
+        # The metric's compute has already summed over DDP processes: sync_dist only averages equal values
+        # (one reduction per epoch, nothing on one device) and spares Lightning's warning that it is missing.
+        self.log("train/loss_epoch", means["loss"], sync_dist=True)
+        self.log("train/acc_epoch", means["acc"], sync_dist=True)
         if self.penalty is not None:
-            self.log("train/penalty_epoch", means["penalty"])
+            self.log("train/penalty_epoch", means["penalty"], sync_dist=True)
         # One host sync per epoch: a non-finite loss ends the run as "diverged", a result, not a crash.
         if not torch.isfinite(means["loss"]):
             self.diverged.fill_(True)
@@ -156,7 +158,7 @@ class Classifier(L.LightningModule):
     def on_validation_epoch_end(self):
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(self.val_acc.compute())
-            self.log("val/acc_best", self.val_acc_best.compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)  # equal on every process
 
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, "test", self.test_acc)

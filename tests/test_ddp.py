@@ -39,6 +39,7 @@ def test_a_ddp_run_trains_on_both_processes_with_disjoint_halves_and_reports_onc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["count_ranks.py", "rank0.jsonl", "rank1.jsonl", "run"]
     assert run_files(tmp_path / "run") == {".hydra", "checkpoints", "hparams.yaml", "metrics.json", "run.log"}
     assert result.stdout.count("epoch 1/2 ") == 1  # epoch lines from rank 0 only
+    assert "sync_dist=True" not in result.stderr  # every epoch value is reduced over both processes
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     # Counted in the workers and brought back to the process that writes metrics.json.
