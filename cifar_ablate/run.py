@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
-from lightning_utilities.core.rank_zero import rank_zero_only  # Lightning's own, without its import cost
+from lightning_utilities.core.rank_zero import rank_zero_only  # Lightning's own, without importing Lightning
 from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import InterpolationResolutionError
 
@@ -121,25 +121,14 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=True)
 
 
-def process_rank() -> int:
-    """This process's global rank: Lightning's once imported, else read from the environment as Lightning
-    reads it (a config error is recorded before Lightning is imported)."""
-    rank = getattr(rank_zero_only, "rank", None)
-    if rank is None:
-        found = [os.environ[k] for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK") if k in os.environ]
-        rank = int(found[0]) if found else 0
-    return rank
-
-
+@rank_zero_only  # under SLURM with trainer=ddp every task runs the job; only rank 0 records the run
 def write_metrics(run_dir: Path, content: dict) -> None:
     """Write the run's metrics.json whole or not at all: a reader never sees a half-written file. NaN and
-    inf become null (strict JSON); a diverged run says so in its status."""
-    # Under SLURM with trainer=ddp every task runs the job; only rank 0 records the run.
-    if process_rank() != 0:
-        return
+    inf become null (strict JSON); a diverged run says so in its status. Lightning must have been imported:
+    it sets the rank this reads."""
     content = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in content.items()}
     path = run_dir / "metrics.json"
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
@@ -223,6 +212,7 @@ def refuse(error: UserError, cfg: DictConfig, run_dir: Path, epochs_done: int) -
         # What a sweep varies names its runs: hydra.job.override_dirname, e.g. `model=lenet,optimizer.lr=0`.
         varying = {item.split("=", 1)[0].lstrip("+~") for item in name_items(hydra_cfg.job.override_dirname)}
         if isinstance(error, CheckpointError) or varying & set(getattr(error, "keys", ())):
+            import lightning.fabric.utilities.rank_zero  # noqa: F401  (sets the process's rank, from the environment)
             write_metrics(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}",
                                     "epoch": epochs_done, **run_identity(cfg)})
             return None

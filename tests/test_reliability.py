@@ -287,18 +287,13 @@ def test_soak_thirty_runs_with_failures_and_a_kill_end_fully_accounted_for(tmp_p
     assert (sweep / "seed=0" / "metrics.csv").exists() and len(curves["val/acc"]) == len(curves["train/loss_epoch"]) == 1
 
 
-@pytest.mark.parametrize("env, writes", [({}, True), ({"SLURM_PROCID": "0"}, True), ({"SLURM_PROCID": "1"}, False),
-                                         ({"RANK": "2"}, False)])
-def test_only_rank_zero_records_a_run_also_before_lightning_sets_the_rank(tmp_path, monkeypatch, env, writes):
-    """Under SLURM every task runs the job; a config error is recorded before Lightning is imported."""
-    from lightning_utilities.core.rank_zero import rank_zero_only
-
-    from cifar_ablate.run import write_metrics
-    monkeypatch.delattr(rank_zero_only, "rank", raising=False)
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    write_metrics(tmp_path, {"status": "failed"})
-    assert (tmp_path / "metrics.json").exists() == writes
-    assert not list(tmp_path.glob("*.tmp"))
+@pytest.mark.parametrize("rank, writes", [("0", True), ("1", False)])
+def test_only_rank_zero_records_a_refused_sweep_point(tmp_path, cifar_root, rank, writes):
+    """Under SLURM every task runs the job; a config error is recorded before the run would import Lightning."""
+    result = run_cli("-m", "optimizer.lr=0,-1", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path,
+                     env={"SLURM_PROCID": rank})
+    assert result.returncode == 1, result.stderr[-2000:]  # both points failed; the sweep went on to the second
+    assert result.stderr.count("must be > 0") == 2
+    assert [p.parent.name for p in sorted((tmp_path / "sweep").glob("*/metrics.json"))] == (
+        ["optimizer.lr=-1", "optimizer.lr=0"] if writes else [])
+    assert not list((tmp_path / "sweep").glob("*/*.tmp"))
