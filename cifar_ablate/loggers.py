@@ -14,15 +14,19 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
 class AppendingWriter(ExperimentWriter):
+    _took_header = False
+
     def _check_log_dir_exists(self) -> None:
         pass  # Lightning's deletes metrics.csv here
 
     def save(self) -> None:
-        if self.metrics and self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                header = next(csv.reader(f), [])
-            # New columns make Lightning rewrite the file under a new header: it must include the old ones.
-            self.metrics_keys = sorted(set(self.metrics_keys) | set(header))
+        # New columns make Lightning rewrite the file under a new header, which must include the columns an
+        # earlier process wrote; after this writer's first save Lightning keeps the header in step itself.
+        if self.metrics and not self._took_header:
+            if self._fs.isfile(self.metrics_file_path):
+                with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                    self.metrics_keys = sorted(set(self.metrics_keys) | set(next(csv.reader(f), [])))
+            self._took_header = True
         super().save()
 
 

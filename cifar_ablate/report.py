@@ -249,8 +249,8 @@ LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 def limits_note(sweep_dir: Path) -> Optional[str]:
     """Says so when runs used only part of a split (trainer.limit_*_batches): a quick check, not a study's numbers."""
     used: dict[str, set] = {}
-    limited = 0
-    for run_dir in run_dirs(sweep_dir):
+    limited, runs = 0, run_dirs(sweep_dir)
+    for run_dir in runs:
         config = run_dir / ".hydra" / "config.yaml"
         trainer = (OmegaConf.load(config).get("trainer") or {}) if config.exists() else {}
         found = {k: trainer.get(k) for k in LIMITS if trainer.get(k) not in (None, 1, 1.0)}
@@ -259,7 +259,7 @@ def limits_note(sweep_dir: Path) -> Optional[str]:
             used.setdefault(k, set()).add(str(v))
     if not limited:
         return None
-    return (f"{limited} of {len(run_dirs(sweep_dir))} runs used part of a split ("
+    return (f"{limited} of {len(runs)} runs used part of a split ("
             + ", ".join(f"trainer.{k}={'/'.join(sorted(v))}" for k, v in used.items())
             + "): their epochs, accuracies and losses are not those of the full study.")
 
