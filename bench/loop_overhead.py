@@ -9,9 +9,13 @@ is mostly each step's host cost, the part that sets a small model's step time on
 
     python bench/loop_overhead.py --root data --steps 300 --pairs 5
     python bench/loop_overhead.py --root data --steps 1000 --pairs 5 --batch-size 2
+    python bench/loop_overhead.py --root data --steps 1000 --batch-size 2 --profile   # where the fit's time goes
 """
 import argparse
+import collections
 import contextlib
+import cProfile
+import pstats
 import sys
 import tempfile
 import time
@@ -71,12 +75,31 @@ def lightning_fit(cfg, datamodule, callbacks=(), around=None) -> None:
             trainer.fit(classifier, datamodule=datamodule)
 
 
+def profile_by_package(cfg, datamodule, steps: int, top: int = 12) -> None:
+    """Print cProfile's own time (tottime) per training step, summed by the package the code lives in
+    (lightning, torch/nn, ...; C functions by name). cProfile slows Python code more than C code."""
+    profiler = cProfile.Profile()
+    lightning_fit(cfg, datamodule, around=profiler)
+    totals = collections.Counter()
+    for (file, _, name), (_, _, own, _, _) in pstats.Stats(profiler).stats.items():
+        if "site-packages/" in file:
+            parts = file.split("site-packages/")[1].split("/")
+            key = "/".join(parts[:2]) if parts[0] == "torch" else parts[0]
+        else:
+            key = name if file == "~" else "/".join(Path(file).parts[-2:])
+        totals[key] += own
+    for key, seconds in totals.most_common(top):
+        print(f"{seconds / steps * 1e3:7.3f} ms/step  {key}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="data")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: one Lightning fit under cProfile, own time per step summed by package")
     args = parser.parse_args()
     cfg, datamodule, images, labels = lenet_setup(args.root, args.steps, args.batch_size)
 
@@ -91,6 +114,9 @@ def main():
         lightning_fit(cfg, datamodule, callbacks=[progress])
         return progress.epoch_seconds[0]
 
+    if args.profile:
+        profile_by_package(cfg, datamodule, args.steps)
+        return
     for _ in range(args.pairs):
         b, c = bare(), lightning()
         print(f"bare {b:.2f} s  lightning {c:.2f} s  ratio {c / b:.2f}  "
