@@ -159,14 +159,18 @@ def run_cifar_ablate(overrides: list[str], out_dir: Path) -> tuple[float, list[d
     return seconds, runs, shown
 
 
-def cifar_ablate_run(args):
+def cifar_ablate_overrides(args) -> list[str]:
+    return ["model=lenet", "optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9",
+            f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}", f"seed={args.seed}",
+            f"data.root={Path(args.root).resolve()}", "data.val_size=0", "trainer.limit_val_batches=0",
+            "trainer=gpu" if args.device == "cuda" else "trainer.accelerator=cpu"]
+
+
+def cifar_ablate_loop(data, args):
+    """(c): its epochs as its own metrics.json times them; `data` is unused (it reads the files itself)."""
     with tempfile.TemporaryDirectory() as tmp:
-        _, (metrics,), shown = run_cifar_ablate(
-            ["model=lenet", "optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.9",
-             f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}", f"seed={args.seed}",
-             f"data.root={Path(args.root).resolve()}", "data.val_size=0", "trainer.limit_val_batches=0",
-             "trainer=gpu" if args.device == "cuda" else "trainer.accelerator=cpu"], Path(tmp) / "run")
-    return metrics["epoch_seconds"], metrics["test_acc"], shown
+        _, (metrics,), _ = run_cifar_ablate(cifar_ablate_overrides(args), Path(tmp) / "run")
+    return metrics["epoch_seconds"], metrics["test_acc"]
 
 
 def machine(device: str = "cpu") -> str:
@@ -196,15 +200,16 @@ def main():
     # The three loops take turns, --repeats times, so drift in the machine's speed hits all of them alike.
     # Each loop's figures: the median of all its epochs, and the fastest epoch (least disturbed by other
     # work on the machine, as timeit reports the minimum).
+    # Paired ratios: each repeat's medians, taken minutes apart, so the machine's slow spells cancel out of
+    # the ratio; their median over repeats is the figure least moved by one disturbed repeat.
     epochs = {"a": [], "b": [], "c": []}
+    per_repeat = {"a": [], "b": [], "c": []}
     accuracy = {}
     for _ in range(args.repeats):
-        seconds, accuracy["a"] = homework_loop(data, args)
-        epochs["a"] += seconds
-        seconds, accuracy["b"] = bare_loop(data, args)
-        epochs["b"] += seconds
-        seconds, accuracy["c"], command = cifar_ablate_run(args)
-        epochs["c"] += seconds
+        for k, loop in (("a", homework_loop), ("b", bare_loop), ("c", cifar_ablate_loop)):
+            seconds, accuracy[k] = loop(data, args)
+            epochs[k] += seconds
+            per_repeat[k].append(float(np.median(seconds)))
     names = {"a": "(a) homework loop: per-image PIL + torchvision transforms, DataLoader(2 workers)",
              "b": "(b) bare loop over pre-normalized tensors in memory",
              "c": "(c) cifar_ablate, default path (Lightning, TensorBoard, checkpoints)"}
@@ -219,7 +224,12 @@ def main():
               f"| {best['a'] / best['c']:.2f} |",
               f"| c/b: cifar_ablate's cost over the bare floor | {median['c'] / median['b']:.2f} "
               f"| {best['c'] / best['b']:.2f} |",
-              "", "Every epoch, in seconds: " + "; ".join(
+              "", "| ratio, per repeat (each repeat's median epochs) | repeats | median over repeats |",
+              "|---|---|---|"]
+    for num, den in (("a", "c"), ("c", "b")):
+        ratios = [n_ / d_ for n_, d_ in zip(per_repeat[num], per_repeat[den])]
+        table.append(f"| {num}/{den} | {', '.join(f'{r:.2f}' for r in ratios)} | {float(np.median(ratios)):.2f} |")
+    table += ["", "Every epoch, in seconds: " + "; ".join(
                   f"({k}) " + ", ".join(f"{v:.2f}" for v in epochs[k]) for k in "abc") + "."]
     text = "\n".join(table)
     print(text)
@@ -233,7 +243,7 @@ def main():
                   f"Command: `python bench/compare_loops.py --root {args.root} --epochs {args.epochs} "
                   f"--batch-size {args.batch_size} --seed {args.seed} --repeats {args.repeats} "
                   f"--device {args.device} --out {args.out}`\n"
-                  f"(c) ran as: `python {command}`\n\n")
+                  f"(c) ran as: `python -m cifar_ablate {' '.join(cifar_ablate_overrides(args))}`\n\n")
         write_section(args.out, header + text, marker=f"bench:{args.device}")
 
 

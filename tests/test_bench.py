@@ -23,6 +23,7 @@ def test_compare_loops_table_and_cifar_ablate_matches_the_bare_loop(tmp_path, ci
     # the model the bare loop trains.
     assert accuracy["c"] == accuracy["b"]
     assert re.search(r"\| c/b: .* \| \d+\.\d\d \| \d+\.\d\d \|", text)
+    assert re.search(r"^\| c/b \| \d+\.\d\d \| \d+\.\d\d \|$", text, re.M)  # the paired ratio, one repeat
 
 
 def test_study_wall_time_writes_both_tables(tmp_path, cifar_root):
