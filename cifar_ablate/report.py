@@ -7,7 +7,8 @@ Hydra runs it when a sweep ends (the SweepSummary callback). It reads only what 
 elsewhere. Writes into the sweep dir:
 
 - summary.md / summary.csv: one row per variant (runs that differ only in `seed`); with several seeds,
-  mean ± std and n, and Welch's t-test of each variant's test accuracy against the baseline's;
+  mean ± std and n, and Welch's t-test of each variant's test accuracy against the baseline's, the
+  verdict on Holm's adjustment of those p-values (several variants, one study);
 - runs.csv: one row per run, failed and still-running (missing) runs included;
 - val_acc.png, train_loss.png: per-epoch curves, one line per variant (mean, band = ± 1 std over seeds);
 - test_acc.png: final test accuracy per variant with ± 1 std error bars.
@@ -79,6 +80,21 @@ def welch_p(a: list[float], b: list[float]) -> float:
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of a study's p-values (NaN ones are left out and stay NaN).
+
+    Testing each of m variants at 5% lets the chance of some false "yes" grow with m (23% for five
+    independent comparisons, as many as lr_range makes); a verdict on the adjusted values keeps it at or
+    below 5% for the whole study, whatever the comparisons' dependence.
+    """
+    tested = sorted((p, name) for name, p in p_values.items() if not math.isnan(p))
+    adjusted, running = {name: math.nan for name in p_values}, 0.0
+    for i, (p, name) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - i) * p))  # adjusted values never decrease with p
+        adjusted[name] = running
+    return adjusted
+
+
 def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
     variants: dict[str, list[dict]] = {}
     for r in runs:
@@ -90,12 +106,14 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
                           f"(its variants: {', '.join(variants)})")
     accuracy = {v: [r["test_acc"] for r in rs if r.get("status") in RESULT_STATUSES and r.get("test_acc") is not None]
                 for v, rs in variants.items()}
+    p_values = {v: math.nan if v == baseline else welch_p(accuracy[v], accuracy[baseline]) for v in variants}
+    adjusted = holm(p_values)
     rows = []
     for variant, rs in variants.items():
         results = [r for r in rs if r.get("status") in RESULT_STATUSES]
         test_mean, test_std = _mean_std(accuracy[variant])
         val_mean, val_std = _mean_std([r["best_val_acc"] for r in results if r.get("best_val_acc") is not None])
-        p = math.nan if variant == baseline else welch_p(accuracy[variant], accuracy[baseline])
+        p, p_holm = p_values[variant], adjusted[variant]
         statuses = sorted({r.get("status", "missing") for r in rs})
         rows.append({
             "variant": variant, "baseline": variant == baseline, "n": len(accuracy[variant]), "runs": len(rs),
@@ -103,7 +121,7 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
             "test_acc_mean": test_mean, "test_acc_std": test_std,
             "best_val_acc_mean": val_mean, "best_val_acc_std": val_std,
             "delta_vs_baseline": test_mean - _mean_std(accuracy[baseline])[0],
-            "p_value": p, "differs": (p < ALPHA) if not math.isnan(p) else None,
+            "p_value": p, "p_holm": p_holm, "differs": (p_holm < ALPHA) if not math.isnan(p_holm) else None,
             "epochs_mean": _mean_std([r["epochs"] for r in results])[0],
             "train_seconds_mean": _mean_std([r["train_seconds"] for r in results])[0],
         })
@@ -125,17 +143,21 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
     lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
     if multi_seed:
         lines += ["| variant | status | n | test_acc (mean ± std) | best_val_acc (mean ± std) "
-                  "| Δ test_acc vs baseline | p (Welch) | differs at 95%? | epochs | train s |", "|" + "---|" * 10]
+                  "| Δ test_acc vs baseline | p (Welch) | p (Holm) | differs at 95%? | epochs | train s |", "|" + "---|" * 11]
         for v in variants:
             verdict = ("baseline" if v["baseline"] else
                        "untested (n < 2 or no spread)" if v["differs"] is None else "yes" if v["differs"] else "no")
             lines.append(f"| {v['variant']} | {v['status']} | {v['n']} | {_pm(v['test_acc_mean'], v['test_acc_std'])} "
                          f"| {_pm(v['best_val_acc_mean'], v['best_val_acc_std'])} "
                          f"| {'' if v['baseline'] else _fmt(v['delta_vs_baseline'])} | {_fmt(v['p_value'], 3)} "
-                         f"| {verdict} | {_fmt(v['epochs_mean'], 1)} | {_fmt(v['train_seconds_mean'], 1)} |")
+                         f"| {_fmt(v['p_holm'], 3)} | {verdict} | {_fmt(v['epochs_mean'], 1)} | {_fmt(v['train_seconds_mean'], 1)} |")
+        tested = sum(not math.isnan(v["p_value"]) for v in variants)
         lines += ["", f"Test: Welch's two-sided t-test of each variant's test accuracies against the baseline's "
-                      f"over seeds; \"yes\" when p < {ALPHA}. With few seeds the test has little power: \"no\" "
-                      "means the difference is not shown to exceed seed noise, not that there is none."]
+                      f"over seeds. \"yes\" when Holm's adjusted p < {ALPHA}: with {tested} variant"
+                      f"{'s' if tested != 1 else ''} tested against the baseline, this keeps the chance of any false "
+                      f"\"yes\" in the study at or below {ALPHA:.0%} (with one, Holm's p is Welch's). With few seeds the test "
+                      "has little power: \"no\" means the difference is not shown to exceed seed noise, not that "
+                      "there is none."]
     else:
         lines += ["| variant | status | test_acc | best_val_acc | Δ test_acc vs baseline | epochs | train s |",
                   "|" + "---|" * 7]

@@ -184,7 +184,7 @@ def test_report_compares_variants_over_seeds_and_draws_the_figures(tmp_path, cif
     lenet_bn = [float(r["test_acc"]) for r in runs if r["variant"] == "model=lenet_bn"]
     assert float(rows[1]["test_acc_mean"]) == pytest.approx(sum(lenet_bn) / 2)
     summary = (sweep / "summary.md").read_text()
-    assert "| variant | status | n | test_acc (mean ± std) |" in summary and "p (Welch)" in summary
+    assert "| variant | status | n | test_acc (mean ± std) |" in summary and "p (Welch) | p (Holm)" in summary
     assert re.search(r"\| model=lenet_bn \| completed \| 2 \| 0\.\d{4} ± 0\.\d{4} \|", summary)
     for png in ("val_acc.png", "train_loss.png", "test_acc.png"):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from cifar_ablate.report import plot_curves, plot_test_accuracy, variant_of, variant_rows, welch_p
+from cifar_ablate.report import holm, plot_curves, plot_test_accuracy, variant_of, variant_rows, welch_p
 
 
 def test_variant_is_the_run_name_without_its_seed():
@@ -25,6 +25,15 @@ def test_welch_p_matches_the_formula():
     assert math.isnan(welch_p([0.5], b))  # one seed: nothing to test
 
 
+def test_holm_adjusts_a_studys_p_values_step_down():
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "baseline": math.nan})
+    # Sorted 0.01, 0.03, 0.04: times 3, 2, 1, each at least the one before: 0.03, 0.06, 0.06.
+    assert adjusted["a"] == pytest.approx(0.03) and adjusted["c"] == pytest.approx(0.06)
+    assert adjusted["b"] == pytest.approx(0.06) and math.isnan(adjusted["baseline"])
+    assert holm({"a": 0.02}) == {"a": 0.02}  # one comparison: nothing to adjust
+    assert holm({"a": 0.6, "b": 0.7})["a"] == 1.0  # capped
+
+
 def run(variant, seed, acc, status="completed"):
     return {"run": f"{variant},seed={seed}", "variant": variant, "status": status, "test_acc": acc,
             "best_val_acc": acc, "epochs": 3, "train_seconds": 1.0}
@@ -40,6 +49,12 @@ def test_variant_rows_compare_against_the_named_baseline():
     assert rows["model=b"]["delta_vs_baseline"] == pytest.approx(0.20) and rows["model=b"]["differs"] is True
     assert rows["model=c"]["differs"] is False and rows["model=c"]["n"] == 2 and rows["model=c"]["runs"] == 3
     assert rows["model=c"]["status"] == "completed/failed"
+    # Several variants: the verdict is on Holm's p. Here d alone would pass Welch at 5% (p = 0.031); beside
+    # b's smaller p, Holm doubles d's, and d is not called different.
+    runs += [run("model=d", 0, 0.58), run("model=d", 1, 0.59), run("model=d", 2, 0.60)]
+    rows = {r["variant"]: r for r in variant_rows(runs, baseline="model=a")}
+    assert 0.025 < rows["model=d"]["p_value"] < 0.05 and rows["model=d"]["p_holm"] >= 0.05
+    assert rows["model=d"]["differs"] is False and rows["model=b"]["differs"] is True
     first = variant_rows(runs, baseline=None)[0]
     assert first["variant"] == "model=a" and first["baseline"]
 
