@@ -9,7 +9,7 @@ elsewhere. Writes into the sweep dir:
 - summary.md / summary.csv: one row per variant (runs that differ only in `seed`); with several seeds,
   mean ± std and n, and Welch's t-test of each variant's test accuracy against the baseline's, the
   verdict on Holm's adjustment of those p-values (several variants, one study);
-- runs.csv: one row per run, failed and still-running (missing) runs included;
+- runs.csv: one row per run, failed, unfinished (no metrics.json yet) and unreadable runs included;
 - val_acc.png, train_loss.png: per-epoch curves, one line per variant (mean, band = ± 1 std over seeds);
 - test_acc.png: final test accuracy per variant with ± 1 std error bars.
 """
@@ -30,6 +30,7 @@ from cifar_ablate.errors import ConfigError
 
 RUN_COLUMNS = ("run", "status", "seed", "test_acc", "best_val_acc", "test_loss", "epochs", "train_seconds")
 RESULT_STATUSES = ("completed", "diverged")  # a diverged run is a result (its accuracy counts)
+RESULT_KEYS = ("test_acc", "best_val_acc", "epochs", "train_seconds")  # what the report reads of a result
 ALPHA = 0.05
 # Overlays every run of a sweep per metric in TensorBoard's Custom Scalars tab (written by each run).
 CUSTOM_SCALARS_LAYOUT = {"cifar_ablate": {
@@ -44,13 +45,38 @@ def run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent for p in Path(sweep_dir).glob("*/.hydra"))
 
 
+def read_metrics(run_dir: Path) -> Optional[dict]:
+    """A run's metrics.json; None when it has none (still running, or stopped before the end). A file that is
+    not a whole record (cut short by a full disk, edited by hand) reads as status "unreadable", so the report
+    lists it and a rerun of the sweep trains that run again."""
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {"status": "unreadable", "error": f"metrics.json: {e}"}
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("status"), str):
+        return {"status": "unreadable", "error": "metrics.json: no status"}
+    lacking = [k for k in RESULT_KEYS if k not in metrics] if metrics["status"] in RESULT_STATUSES else []
+    if lacking:
+        return {"status": "unreadable", "error": f"metrics.json: a {metrics['status']} run without {', '.join(lacking)}"}
+    return metrics
+
+
+def _job_num(run_dir: Path) -> int:
+    """The run's place in its sweep, from Hydra's record of it (the first variant is the default baseline)."""
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    num = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num") if hydra_yaml.exists() else None
+    return num if isinstance(num, int) else 1 << 30
+
+
 def collect_runs(sweep_dir: Path) -> list[dict]:
     rows = []
     for run_dir in run_dirs(sweep_dir):
-        path = run_dir / "metrics.json"
-        metrics = json.loads(path.read_text()) if path.exists() else {"status": "missing"}
-        rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), **metrics})
-    return sorted(rows, key=lambda r: (r.get("job_num", 1 << 30), r["run"]))
+        metrics = read_metrics(run_dir) or {"status": "unfinished"}
+        rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), "job_num": _job_num(run_dir), **metrics})
+    return sorted(rows, key=lambda r: (r["job_num"], r["run"]))
 
 
 def name_items(run_name: str) -> list[str]:
@@ -114,7 +140,7 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
         test_mean, test_std = _mean_std(accuracy[variant])
         val_mean, val_std = _mean_std([r["best_val_acc"] for r in results if r.get("best_val_acc") is not None])
         p, p_holm = p_values[variant], adjusted[variant]
-        statuses = sorted({r.get("status", "missing") for r in rs})
+        statuses = sorted({r["status"] for r in rs})
         rows.append({
             "variant": variant, "baseline": variant == baseline, "n": len(accuracy[variant]), "runs": len(rs),
             "status": "/".join(statuses),

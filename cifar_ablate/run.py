@@ -24,7 +24,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from cifar_ablate.config import check_config
 from cifar_ablate.errors import CheckpointError, UserError
-from cifar_ablate.report import name_items
+from cifar_ablate.report import name_items, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +141,6 @@ def run_identity(cfg: DictConfig) -> dict:
 
 def objective(metrics: dict) -> Optional[float]:
     return metrics["best_val_acc"] if metrics["status"] == "completed" else None
-
-
-def read_metrics(run_dir: Path) -> Optional[dict]:
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 # The config tree lives beside the package (conf/ at the repo root); an absolute path is a file path to Hydra.

@@ -205,9 +205,9 @@ def test_report_lists_failed_and_unfinished_runs(tmp_path, cifar_root, monkeypat
     (tmp_path / "sweep" / "seed=1" / "metrics.json").unlink()  # as if still running or killed
     report = run_cli(str(tmp_path / "sweep"), module="cifar_ablate.report", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
-    assert "Runs without a result: seed=1 (missing)" in report.stdout
+    assert "Runs without a result: seed=1 (unfinished)" in report.stdout
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
-    assert rows[0]["n"] == "1" and rows[0]["runs"] == "2" and rows[0]["status"] == "completed/missing"
+    assert rows[0]["n"] == "1" and rows[0]["runs"] == "2" and rows[0]["status"] == "completed/unfinished"
     # The figures average the runs with a result only, as the table does: the unfinished run's curve is left out.
     from cifar_ablate import report as report_module
     drawn = []
@@ -215,6 +215,20 @@ def test_report_lists_failed_and_unfinished_runs(tmp_path, cifar_root, monkeypat
     monkeypatch.setattr(report_module, "plot_curves", lambda curves, *a: drawn.append(curves) or plot(curves, *a))
     report_module.write_report(tmp_path / "sweep")
     assert [{v: len(c) for v, c in curves.items()} for curves in drawn] == [{"default": 1}] * 2
+
+
+def test_a_cut_short_metrics_json_is_listed_and_a_rerun_trains_that_run_again(tmp_path, cifar_root):
+    command = ("-m", "seed=0,1", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep")
+    assert run_cli(*command, cwd=tmp_path).returncode == 0
+    cut, kept = tmp_path / "sweep" / "seed=0" / "metrics.json", tmp_path / "sweep" / "seed=1" / "metrics.json"
+    cut.write_text(cut.read_text()[:40])  # a full disk, or a copy interrupted
+    kept_before = kept.read_text()
+    report = run_cli(str(tmp_path / "sweep"), module="cifar_ablate.report", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "Runs without a result: seed=0 (unreadable: metrics.json: " in report.stdout
+    rerun = run_cli(*command, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(cut.read_text())["status"] == "completed" and kept.read_text() == kept_before
 
 
 # Reports whether torch was imported by the time the process exits.

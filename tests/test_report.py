@@ -84,6 +84,26 @@ def test_a_baseline_that_names_no_variant_is_refused_by_hand_and_noted_in_a_swee
         "error: baseline=model=c: no variant of this sweep has that name (its variants: model=a, model=b)"]
 
 
+def test_runs_keep_their_sweep_order_and_a_broken_metrics_json_is_listed(tmp_path):
+    import json
+
+    from cifar_ablate.report import collect_runs
+
+    # Job 0 (the default baseline) has no metrics.json yet: it still comes first, so the baseline stays.
+    for num, name, metrics in ((0, "model=a", None), (1, "model=b", {"status": "completed", "test_acc": 0.7, "best_val_acc": 0.7, "epochs": 3, "train_seconds": 1.0}), (2, "model=c", []),
+                               (3, "model=d", {"status": "completed"}), (4, "model=e", '{"status": "compl')):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+        if metrics is not None:
+            (tmp_path / name / "metrics.json").write_text(metrics if isinstance(metrics, str) else json.dumps(metrics))
+    runs = collect_runs(tmp_path)
+    assert [(r["run"], r["status"]) for r in runs] == [
+        ("model=a", "unfinished"), ("model=b", "completed"), ("model=c", "unreadable"), ("model=d", "unreadable"),
+        ("model=e", "unreadable")]
+    assert "without test_acc" in runs[3]["error"]
+    assert variant_rows(runs, baseline=None)[0]["variant"] == "model=a"
+
+
 def test_curve_figure_has_labelled_axes_and_one_line_per_variant():
     fig = plot_curves({"model=a": [[0.3, 0.4, 0.5], [0.32, 0.41, 0.52]], "model=b": [[0.2, 0.3, 0.35]]},
                       "validation accuracy", "Validation accuracy per epoch")
