@@ -16,6 +16,7 @@ elsewhere. Writes into the sweep dir:
 import argparse
 import csv
 import json
+import logging
 import math
 import re
 import sys
@@ -143,7 +144,7 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
         statuses = sorted({r["status"] for r in rs})
         rows.append({
             "variant": variant, "baseline": variant == baseline, "n": len(accuracy[variant]), "runs": len(rs),
-            "status": "/".join(statuses),
+            "status": "/".join(statuses), "diverged": sum(r["status"] == "diverged" for r in rs),
             "test_acc_mean": test_mean, "test_acc_std": test_std,
             "best_val_acc_mean": val_mean, "best_val_acc_std": val_std,
             "delta_vs_baseline": test_mean - _mean_std(accuracy[baseline])[0],
@@ -210,7 +211,13 @@ def read_curves(run_dir: Path) -> dict[str, list[float]]:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-        events.Reload()
+        quiet = logging.getLogger("tensorboard")  # its INFO lines, 3 per run, would flood the end of a sweep
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            events.Reload()
+        finally:
+            quiet.setLevel(level)
         available = set(events.Tags()["scalars"])
         return {t: [e.value for e in events.Scalars(t)] if t in available else [] for t in tags}
     if (run_dir / "metrics.csv").exists():
@@ -220,8 +227,10 @@ def read_curves(run_dir: Path) -> dict[str, list[float]]:
     return {t: [] for t in tags}
 
 
-def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, title: str):
-    """One line per variant: the mean over its runs per epoch, with a ± 1 std band when it has several."""
+def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, title: str,
+                notes: Optional[dict[str, str]] = None):
+    """One line per variant: the mean over its runs per epoch, with a ± 1 std band when it has several.
+    `notes` adds to a variant's legend entry (how many of its runs diverged)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -237,11 +246,12 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
         for i, c in enumerate(curves):
             values[i, :len(c)] = c
         epochs = np.arange(1, values.shape[1] + 1)
-        label = f"{variant} (n={len(curves)})"
+        note = (notes or {}).get(variant)
+        label = f"{variant} (n={len(curves)}{', ' + note if note else ''})"
         finite = [np.isfinite(c) for c in curves]
         # A diverged run's NaN or inf values draw nothing; the legend says so rather than hide the variant.
         if not any(f.any() for f in finite):
-            ax.plot([], [], marker="x", linestyle="none", label=f"{label}: no finite value (diverged)")
+            ax.plot([], [], marker="x", linestyle="none", label=f"{label}: no finite value")
             continue
         if not all(f.all() for f in finite):
             label += ": non-finite values not drawn"
@@ -273,6 +283,12 @@ def plot_test_accuracy(variants: list[dict]):
     means = [0 if math.isnan(v["test_acc_mean"]) else v["test_acc_mean"] for v in variants]
     errors = [0 if math.isnan(v["test_acc_std"]) else v["test_acc_std"] for v in variants]
     ax.bar(range(len(names)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+    # A variant without a result would read as a bar at 0%; a diverged run's accuracy is a result, marked as such.
+    for i, v in enumerate(variants):
+        text = "no result" if v["n"] == 0 else f"{v['diverged']} of {v['n']} diverged" if v["diverged"] else None
+        if text:
+            ax.annotate(text, (i, means[i] + errors[i]), xytext=(0, 3), textcoords="offset points", ha="center",
+                        fontsize=7, color="tab:red")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set_xlabel("variant")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
@@ -340,6 +356,7 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
     markdown = summary_markdown(sweep_dir, variants, runs, note)
     (sweep_dir / "summary.md").write_text(markdown)
 
+    notes = {v["variant"]: f"{v['diverged']} diverged" for v in variants if v["diverged"]}
     curves: dict[str, dict[str, list]] = {"val/acc": {}, "train/loss_epoch": {}}
     for r in runs:
         if r.get("status") not in RESULT_STATUSES:  # a failed or unfinished run's partial curve is no result
@@ -350,7 +367,7 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
     for tag, ylabel, title, name in (("val/acc", "validation accuracy", "Validation accuracy per epoch", "val_acc.png"),
                                      ("train/loss_epoch", "training loss (cross-entropy)", "Training loss per epoch",
                                       "train_loss.png")):
-        fig = plot_curves(curves[tag], ylabel, title)
+        fig = plot_curves(curves[tag], ylabel, title, notes)
         fig.savefig(sweep_dir / name, dpi=110)
         plt.close(fig)
     fig = plot_test_accuracy(variants)

@@ -117,10 +117,11 @@ def test_curve_figure_has_labelled_axes_and_one_line_per_variant():
 def test_a_diverged_variant_keeps_a_legend_entry_that_says_why_it_has_no_line():
     nan, inf = float("nan"), float("inf")
     fig = plot_curves({"lr=0.01": [[2.0, 1.5, 1.2]], "lr=1.0": [[nan], [inf]], "lr=0.5": [[2.1, nan], [2.0, 1.6]]},
-                      "training loss (cross-entropy)", "Training loss per epoch")
+                      "training loss (cross-entropy)", "Training loss per epoch",
+                      notes={"lr=1.0": "2 diverged", "lr=0.5": "1 diverged"})
     legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
-    assert legend == ["lr=0.01 (n=1)", "lr=1.0 (n=2): no finite value (diverged)",
-                      "lr=0.5 (n=2): non-finite values not drawn"]
+    assert legend == ["lr=0.01 (n=1)", "lr=1.0 (n=2, 2 diverged): no finite value",
+                      "lr=0.5 (n=2, 1 diverged): non-finite values not drawn"]
     assert list(fig.axes[0].get_lines()[2].get_ydata()) == pytest.approx([2.05, 1.6])
 
 
@@ -129,6 +130,15 @@ def test_bar_chart_has_one_bar_per_variant_with_error_bars():
     ax = plot_test_accuracy(rows).axes[0]
     assert len(ax.patches) == 2 and ax.get_ylabel().startswith("test accuracy")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["model=a", "model=b"]
+    assert not ax.texts  # nothing to mark
+
+
+def test_bar_chart_marks_diverged_runs_and_variants_without_a_result():
+    rows = variant_rows([run("lr=0.01", 0, 0.5), run("lr=1.0", 0, 0.1, status="diverged"),
+                         run("lr=1.0", 1, 0.12), run("lr=2.0", 0, None, status="failed")], None)
+    ax = plot_test_accuracy(rows).axes[0]
+    marks = {round(t.xy[0]): t.get_text() for t in ax.texts}
+    assert marks == {1: "1 of 2 diverged", 2: "no result"}
 
 
 @pytest.mark.filterwarnings("ignore:No artists with labels")  # these hand-made runs have no curves to draw
