@@ -1,4 +1,6 @@
-"""CIFAR ResNets of He et al. 2016 (section 4.2): 6n+2 layers, 16/32/64 channels."""
+"""CIFAR ResNets after He et al. 2016 (section 4.2): 6n+2 layers, 16/32/64 channels. Where the shape changes
+the shortcut is a 1x1 conv + BN projection (the paper's option B); its CIFAR nets padded identity shortcuts
+with zeros (option A), which has 2,752 fewer parameters at ResNet-20."""
 from torch import nn
 
 from cifar_ablate.models.activation import make_activation
