@@ -91,6 +91,10 @@ def variant_of(run_name: str) -> str:
     return ",".join(kept) or "default"
 
 
+def _unordered(run_name: str) -> list[str]:
+    return sorted(item.lower() for item in name_items(run_name))
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n if n else math.nan
@@ -129,8 +133,13 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
     if baseline is None:
         baseline = next(iter(variants), None)
     elif baseline not in variants:
-        raise ConfigError(f"baseline={baseline}: no variant of this sweep has that name "
-                          f"(its variants: {', '.join(variants)})")
+        # Hydra names runs with sorted keys and Python's True/False: data.normalize=true,augment=none means
+        # augment=none,data.normalize=True.
+        same = [v for v in variants if _unordered(v) == _unordered(baseline)]
+        if len(same) != 1:
+            raise ConfigError(f"baseline={baseline}: no variant of this sweep has that name "
+                              f"(its variants: {', '.join(variants)})")
+        baseline = same[0]
     accuracy = {v: [r["test_acc"] for r in rs if r.get("status") in RESULT_STATUSES and r.get("test_acc") is not None]
                 for v, rs in variants.items()}
     p_values = {v: math.nan if v == baseline else welch_p(accuracy[v], accuracy[baseline]) for v in variants}

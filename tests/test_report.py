@@ -55,6 +55,9 @@ def test_variant_rows_compare_against_the_named_baseline():
     rows = {r["variant"]: r for r in variant_rows(runs, baseline="model=a")}
     assert 0.025 < rows["model=d"]["p_value"] < 0.05 and rows["model=d"]["p_holm"] >= 0.05
     assert rows["model=d"]["differs"] is False and rows["model=b"]["differs"] is True
+    named = variant_rows([run("augment=none,data.normalize=True", 0, 0.5), run("augment=crop,data.normalize=True", 0, 0.6)],
+                         baseline="data.normalize=true,augment=none")  # as a user types it: any order, any case
+    assert [r["baseline"] for r in named] == [True, False]
     first = variant_rows(runs, baseline=None)[0]
     assert first["variant"] == "model=a" and first["baseline"]
 
