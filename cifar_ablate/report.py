@@ -61,7 +61,8 @@ def read_metrics(run_dir: Path) -> Optional[dict]:
         return {"status": "unreadable", "error": "metrics.json: no status"}
     lacking = [k for k in RESULT_KEYS if k not in metrics] if metrics["status"] in RESULT_STATUSES else []
     if lacking:
-        return {"status": "unreadable", "error": f"metrics.json: a {metrics['status']} run without {', '.join(lacking)}"}
+        return {"status": "unreadable",
+                "error": f"metrics.json: a {metrics['status']} run without {', '.join(lacking)}"}
     return metrics
 
 

@@ -55,7 +55,8 @@ def test_variant_rows_compare_against_the_named_baseline():
     rows = {r["variant"]: r for r in variant_rows(runs, baseline="model=a")}
     assert 0.025 < rows["model=d"]["p_value"] < 0.05 and rows["model=d"]["p_holm"] >= 0.05
     assert rows["model=d"]["differs"] is False and rows["model=b"]["differs"] is True
-    named = variant_rows([run("augment=none,data.normalize=True", 0, 0.5), run("augment=crop,data.normalize=True", 0, 0.6)],
+    named = variant_rows([run("augment=none,data.normalize=True", 0, 0.5),
+                          run("augment=crop,data.normalize=True", 0, 0.6)],
                          baseline="data.normalize=true,augment=none")  # as a user types it: any order, any case
     assert [r["baseline"] for r in named] == [True, False]
     first = variant_rows(runs, baseline=None)[0]
@@ -93,7 +94,8 @@ def test_runs_keep_their_sweep_order_and_a_broken_metrics_json_is_listed(tmp_pat
     from cifar_ablate.report import collect_runs
 
     # Job 0 (the default baseline) has no metrics.json yet: it still comes first, so the baseline stays.
-    for num, name, metrics in ((0, "model=a", None), (1, "model=b", {"status": "completed", "test_acc": 0.7, "best_val_acc": 0.7, "epochs": 3, "train_seconds": 1.0}), (2, "model=c", []),
+    result = {"status": "completed", "test_acc": 0.7, "best_val_acc": 0.7, "epochs": 3, "train_seconds": 1.0}
+    for num, name, metrics in ((0, "model=a", None), (1, "model=b", result), (2, "model=c", []),
                                (3, "model=d", {"status": "completed"}), (4, "model=e", '{"status": "compl')):
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
