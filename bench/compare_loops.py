@@ -200,8 +200,8 @@ def main():
     # The three loops take turns, --repeats times, so drift in the machine's speed hits all of them alike.
     # Each loop's figures: the median of all its epochs, and the fastest epoch (least disturbed by other
     # work on the machine, as timeit reports the minimum).
-    # Paired ratios: each repeat's medians, taken minutes apart, so the machine's slow spells cancel out of
-    # the ratio; their median over repeats is the figure least moved by one disturbed repeat.
+    # Paired ratios: within one repeat the loops run a minute or two apart, so a slow spell of the machine
+    # moves both sides of a repeat's ratio; their median over repeats is the least moved by one disturbed repeat.
     epochs = {"a": [], "b": [], "c": []}
     per_repeat = {"a": [], "b": [], "c": []}
     accuracy = {}

@@ -77,7 +77,8 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
     rows = []
     for run_dir in run_dirs(sweep_dir):
         metrics = read_metrics(run_dir) or {"status": "unfinished"}
-        rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), "job_num": _job_num(run_dir), **metrics})
+        # Hydra's job number of the latest launch, also for runs a rerun skipped (their metrics.json keeps theirs).
+        rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), **metrics, "job_num": _job_num(run_dir)})
     return sorted(rows, key=lambda r: (r["job_num"], r["run"]))
 
 
@@ -93,7 +94,7 @@ def variant_of(run_name: str) -> str:
 
 
 def _unordered(run_name: str) -> list[str]:
-    return sorted(item.lower() for item in name_items(run_name))
+    return sorted(re.sub(r"=(true|false)$", lambda m: m.group(0).title(), item) for item in name_items(run_name))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -136,7 +137,7 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
     elif baseline not in variants:
         # Hydra names runs with sorted keys and Python's True/False: data.normalize=true,augment=none means
         # augment=none,data.normalize=True.
-        same = [v for v in variants if _unordered(v) == _unordered(baseline)]
+        same = [v for v in variants if _unordered(v) == _unordered(str(baseline))]
         if len(same) != 1:
             raise ConfigError(f"baseline={baseline}: no variant of this sweep has that name "
                               f"(its variants: {', '.join(variants)})")
@@ -154,7 +155,8 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
         statuses = sorted({r["status"] for r in rs})
         rows.append({
             "variant": variant, "baseline": variant == baseline, "n": len(accuracy[variant]), "runs": len(rs),
-            "status": "/".join(statuses), "diverged": sum(r["status"] == "diverged" for r in rs),
+            "status": "/".join(statuses),
+            "diverged": sum(r["status"] == "diverged" and r.get("test_acc") is not None for r in rs),  # among n
             "test_acc_mean": test_mean, "test_acc_std": test_std,
             "best_val_acc_mean": val_mean, "best_val_acc_std": val_std,
             "delta_vs_baseline": test_mean - _mean_std(accuracy[baseline])[0],
@@ -180,21 +182,23 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
     lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
     if multi_seed:
         lines += ["| variant | status | n | test_acc (mean ± std) | best_val_acc (mean ± std) "
-                  "| Δ test_acc vs baseline | p (Welch) | p (Holm) | differs at 95%? | epochs | train s |", "|" + "---|" * 11]
+                  "| Δ test_acc vs baseline | p (Welch) | p (Holm) | differs at 95%? | epochs | train s |",
+                  "|" + "---|" * 11]
         for v in variants:
             verdict = ("baseline" if v["baseline"] else
                        "untested (n < 2 or no spread)" if v["differs"] is None else "yes" if v["differs"] else "no")
             lines.append(f"| {v['variant']} | {v['status']} | {v['n']} | {_pm(v['test_acc_mean'], v['test_acc_std'])} "
                          f"| {_pm(v['best_val_acc_mean'], v['best_val_acc_std'])} "
                          f"| {'' if v['baseline'] else _fmt(v['delta_vs_baseline'])} | {_fmt(v['p_value'], 3)} "
-                         f"| {_fmt(v['p_holm'], 3)} | {verdict} | {_fmt(v['epochs_mean'], 1)} | {_fmt(v['train_seconds_mean'], 1)} |")
+                         f"| {_fmt(v['p_holm'], 3)} | {verdict} | {_fmt(v['epochs_mean'], 1)} "
+                         f"| {_fmt(v['train_seconds_mean'], 1)} |")
         tested = sum(not math.isnan(v["p_value"]) for v in variants)
         lines += ["", f"Test: Welch's two-sided t-test of each variant's test accuracies against the baseline's "
                       f"over seeds. \"yes\" when Holm's adjusted p < {ALPHA}: with {tested} variant"
                       f"{'s' if tested != 1 else ''} tested against the baseline, this keeps the chance of any false "
-                      f"\"yes\" in the study at or below {ALPHA:.0%} (with one, Holm's p is Welch's). With few seeds the test "
-                      "has little power: \"no\" means the difference is not shown to exceed seed noise, not that "
-                      "there is none."]
+                      f"\"yes\" in the study at or below {ALPHA:.0%} (with one, Holm's p is Welch's). With few seeds "
+                      "the test has little power: \"no\" means the difference is not shown to exceed seed noise, not "
+                      "that there is none."]
     else:
         lines += ["| variant | status | test_acc | best_val_acc | Δ test_acc vs baseline | epochs | train s |",
                   "|" + "---|" * 7]
@@ -366,18 +370,20 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
     markdown = summary_markdown(sweep_dir, variants, runs, note)
     (sweep_dir / "summary.md").write_text(markdown)
 
-    notes = {v["variant"]: f"{v['diverged']} diverged" for v in variants if v["diverged"]}
     curves: dict[str, dict[str, list]] = {"val/acc": {}, "train/loss_epoch": {}}
+    diverged: dict[str, dict[str, int]] = {tag: {} for tag in curves}  # among the runs each figure draws
     for r in runs:
         if r.get("status") not in RESULT_STATUSES:  # a failed or unfinished run's partial curve is no result
             continue
         run_curves = read_curves(sweep_dir / r["run"])
         for tag in curves:
             curves[tag].setdefault(r["variant"], []).append(run_curves[tag])
+            if r["status"] == "diverged" and run_curves[tag]:
+                diverged[tag][r["variant"]] = diverged[tag].get(r["variant"], 0) + 1
     for tag, ylabel, title, name in (("val/acc", "validation accuracy", "Validation accuracy per epoch", "val_acc.png"),
                                      ("train/loss_epoch", "training loss (cross-entropy)", "Training loss per epoch",
                                       "train_loss.png")):
-        fig = plot_curves(curves[tag], ylabel, title, notes)
+        fig = plot_curves(curves[tag], ylabel, title, {v: f"{k} diverged" for v, k in diverged[tag].items()})
         fig.savefig(sweep_dir / name, dpi=110)
         plt.close(fig)
     fig = plot_test_accuracy(variants)
@@ -386,8 +392,8 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
     return variants, runs, markdown
 
 
-def unfinished(runs: list[dict]) -> list[dict]:
-    """Runs that are not results: failed, or missing their metrics."""
+def without_result(runs: list[dict]) -> list[dict]:
+    """Runs that are not results: failed, interrupted, unfinished or unreadable."""
     return [r for r in runs if r.get("status") not in RESULT_STATUSES]
 
 
@@ -398,7 +404,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         _, runs, markdown = write_report(sweep_dir, config.get("baseline"))
         print(f"\nSweep summary ({sweep_dir / 'summary.md'}):\n{markdown}", flush=True)
-        bad = unfinished(runs)
+        bad = without_result(runs)
         if bad:
             print(f"error: {len(bad)} of {len(runs)} runs did not complete: "
                   + ", ".join(f"{r['run']} ({r['status']})" for r in bad), file=sys.stderr)

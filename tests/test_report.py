@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from cifar_ablate.errors import ConfigError
 from cifar_ablate.report import holm, plot_curves, plot_test_accuracy, variant_of, variant_rows, welch_p
 
 
@@ -57,8 +58,10 @@ def test_variant_rows_compare_against_the_named_baseline():
     assert rows["model=d"]["differs"] is False and rows["model=b"]["differs"] is True
     named = variant_rows([run("augment=none,data.normalize=True", 0, 0.5),
                           run("augment=crop,data.normalize=True", 0, 0.6)],
-                         baseline="data.normalize=true,augment=none")  # as a user types it: any order, any case
+                         baseline="data.normalize=true,augment=none")  # as a user types it: any order, true
     assert [r["baseline"] for r in named] == [True, False]
+    with pytest.raises(ConfigError, match="model=A"):  # other values keep their case: act=ReLU is not act=relu
+        variant_rows([run("model=a", 0, 0.5)], baseline="model=A")
     first = variant_rows(runs, baseline=None)[0]
     assert first["variant"] == "model=a" and first["baseline"]
 
@@ -69,7 +72,6 @@ def test_a_baseline_that_names_no_variant_is_refused_by_hand_and_noted_in_a_swee
     import subprocess
     import sys
 
-    from cifar_ablate.errors import ConfigError
     from cifar_ablate.report import write_report
 
     runs = [run("model=a", 0, 0.50), run("model=b", 0, 0.70)]
@@ -94,7 +96,9 @@ def test_runs_keep_their_sweep_order_and_a_broken_metrics_json_is_listed(tmp_pat
     from cifar_ablate.report import collect_runs
 
     # Job 0 (the default baseline) has no metrics.json yet: it still comes first, so the baseline stays.
-    result = {"status": "completed", "test_acc": 0.7, "best_val_acc": 0.7, "epochs": 3, "train_seconds": 1.0}
+    # job_num 0 as written by an earlier launch; the latest launch (hydra.yaml) has it at 1.
+    result = {"status": "completed", "test_acc": 0.7, "best_val_acc": 0.7, "epochs": 3, "train_seconds": 1.0,
+              "job_num": 0}
     for num, name, metrics in ((0, "model=a", None), (1, "model=b", result), (2, "model=c", []),
                                (3, "model=d", {"status": "completed"}), (4, "model=e", '{"status": "compl')):
         (tmp_path / name / ".hydra").mkdir(parents=True)
