@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cifar_ablate import run, training  # noqa: E402
+from compare_loops import normalized  # noqa: E402
 
 
 def lenet_setup(root: str, steps: int, batch_size: int = 64):
@@ -44,8 +45,7 @@ def lenet_setup(root: str, steps: int, batch_size: int = 64):
     datamodule = training.build_datamodule(cfg)
     datamodule.load()
     images, labels = datamodule.splits["train"]
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg.data.mean, cfg.data.std))
-    return cfg, datamodule, (images.float().div(255) - mean) / std, labels
+    return cfg, datamodule, normalized(images.numpy()), labels
 
 
 def bare_loop(cfg, images, labels, steps: int):

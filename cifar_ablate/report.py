@@ -208,7 +208,7 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
                          f"| {_fmt(v['epochs_mean'], 0)} | {_fmt(v['train_seconds_mean'], 1)} |")
         lines += ["", "One seed per variant: differences are not tested and may be seed noise. "
                       "Add `seed=0,1,2` to the sweep for mean ± std and a significance test."]
-    not_results = [r for r in runs if r.get("status") not in RESULT_STATUSES]
+    not_results = without_result(runs)
     if not_results:
         lines += ["", "Runs without a result: " + ", ".join(
             f"{r['run']} ({r.get('status')}{': ' + r['error'] if r.get('error') else ''})" for r in not_results)]

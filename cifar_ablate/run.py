@@ -24,7 +24,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from cifar_ablate.config import check_config
 from cifar_ablate.errors import CheckpointError, UserError
-from cifar_ablate.report import name_items, read_metrics
+from cifar_ablate.report import RESULT_STATUSES, name_items, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     previous = read_metrics(run_dir)
-    if previous is not None and previous.get("status") in ("completed", "diverged"):
+    if previous is not None and previous["status"] in RESULT_STATUSES:
         # Re-running a sweep into its dir redoes only what has no result yet.
         log.info("%s: already %s, skipping (delete its metrics.json to rerun)", run_dir.name, previous["status"])
         return objective(previous)
