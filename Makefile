@@ -52,7 +52,7 @@ clean:
 # Speed, side by side (not a test), into docs/performance.md: homework loop vs bare loop vs cifar_ablate,
 # then the lenet_variants study from command to summary, serially and 2 trials at a time.
 bench: env data
-	$(BIN)/python bench/compare_loops.py --root $(DATA) --epochs 3 --repeats 2 --out docs/performance.md
+	$(BIN)/python bench/compare_loops.py --root $(DATA) --epochs 3 --repeats 4 --out docs/performance.md
 	$(BIN)/python bench/study_wall_time.py --root $(DATA) --preset lenet_variants --jobs 2 --out docs/performance.md
 
 # What a GPU session carries to the device machine for bench/gpu_session.sh (both folders git-ignored):
