@@ -11,6 +11,9 @@ elsewhere. Writes into the sweep dir:
   verdict on Holm's adjustment of those p-values (several variants, one study);
 - runs.csv: one row per run, failed, unfinished (no metrics.json yet) and unreadable runs included;
 - val_acc.png, train_loss.png: per-epoch curves, one line per variant (mean, band = ± 1 std over seeds);
+- curves.csv: the numbers those figures draw, and validation loss, per variant and epoch (mean, std, n);
+  summary.md's "Curves" table reads them: each variant's peak validation accuracy and its epoch, the
+  lowest validation loss and its epoch, and the last values (a peak well before the last epoch is overfitting);
 - test_acc.png: final test accuracy per variant with ± 1 std error bars.
 """
 import argparse
@@ -33,6 +36,8 @@ RUN_COLUMNS = ("run", "status", "seed", "test_acc", "best_val_acc", "test_loss",
 RESULT_STATUSES = ("completed", "diverged")  # a diverged run is a result (its accuracy counts)
 RESULT_KEYS = ("test_acc", "best_val_acc", "epochs", "train_seconds")  # what the report reads of a result
 ALPHA = 0.05
+# The per-epoch values the report reads from each run's log, and their names in curves.csv.
+CURVE_TAGS = {"val/acc": "val_acc", "val/loss": "val_loss", "train/loss_epoch": "train_loss"}
 # Overlays every run of a sweep per metric in TensorBoard's Custom Scalars tab (written by each run).
 CUSTOM_SCALARS_LAYOUT = {"cifar_ablate": {
     "loss": ["Multiline", [r"train/loss_epoch", r"val/loss"]],
@@ -177,7 +182,8 @@ def _pm(mean, std) -> str:
     return _fmt(mean) if math.isnan(std) else f"{_fmt(mean)} ± {_fmt(std)}"
 
 
-def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], note: Optional[str] = None) -> str:
+def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], note: Optional[str] = None,
+                     readings: Optional[list[dict]] = None) -> str:
     multi_seed = any(v["n"] > 1 for v in variants)
     lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
     if multi_seed:
@@ -212,15 +218,27 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
     if not_results:
         lines += ["", "Runs without a result: " + ", ".join(
             f"{r['run']} ({r.get('status')}{': ' + r['error'] if r.get('error') else ''})" for r in not_results)]
+    if readings:
+        lines += ["", "## Curves", "", "Each variant's per-epoch mean over its runs with a result, as the figures draw "
+                  "it (every epoch in curves.csv). A peak well before the last epoch, with the validation loss rising "
+                  "since its lowest, is overfitting.", "",
+                  "| variant | val acc: peak (epoch) | val acc: last | val loss: lowest (epoch) | val loss: last "
+                  "| train loss: last | epochs |", "|" + "---|" * 7]
+        for r in readings:
+            def at(key):
+                return f"{_fmt(r.get(key + '_best'))} ({_fmt(r.get(key + '_best_epoch'))})"
+            lines.append(f"| {r['variant']} | {at('val_acc')} | {_fmt(r.get('val_acc_last'))} | {at('val_loss')} "
+                         f"| {_fmt(r.get('val_loss_last'))} | {_fmt(r.get('train_loss_last'))} "
+                         f"| {_fmt(r.get('train_loss_epochs'))} |")
     lines += ["", "## Runs", "", "| " + " | ".join(RUN_COLUMNS) + " |", "|" + "---|" * len(RUN_COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in RUN_COLUMNS) + " |" for r in runs]
-    lines += ["", "Figures: val_acc.png, train_loss.png, test_acc.png"]
+    lines += ["", "Figures: val_acc.png, train_loss.png, test_acc.png; per-epoch values: curves.csv"]
     return "\n".join(lines) + "\n"
 
 
 def read_curves(run_dir: Path) -> dict[str, list[float]]:
-    """Per-epoch values of val/acc and train/loss_epoch from the run's own TensorBoard or CSV log."""
-    tags = ("val/acc", "train/loss_epoch")
+    """Per-epoch values of each of CURVE_TAGS from the run's own TensorBoard or CSV log."""
+    tags = tuple(CURVE_TAGS)
     if list(run_dir.glob("events.out.tfevents.*")):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -241,6 +259,52 @@ def read_curves(run_dir: Path) -> dict[str, list[float]]:
     return {t: [] for t in tags}
 
 
+def mean_curve(curves: list[list[float]]) -> tuple[list[float], list[float], list[int]]:
+    """Per epoch: the mean and the std (n - 1) over the runs with a finite value there, and how many they are.
+    Runs may end at different epochs (a diverged run stops early); NaN where fewer than 1 (2) runs have one."""
+    import numpy as np
+
+    curves = [c for c in curves if c]
+    if not curves:
+        return [], [], []
+    values = np.full((len(curves), max(map(len, curves))), np.nan)
+    for i, c in enumerate(curves):
+        values[i, :len(c)] = c
+    values[~np.isfinite(values)] = np.nan
+    n = (~np.isnan(values)).sum(axis=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # epochs where a single run or none is finite
+        mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0, ddof=1)
+    return mean.tolist(), std.tolist(), n.tolist()
+
+
+def curve_rows(curves: dict[str, dict[str, list]]) -> list[dict]:
+    """curves.csv's rows: for each variant, metric and epoch, mean_curve's mean, std and n."""
+    rows = []
+    for tag, by_variant in curves.items():
+        for variant, runs in by_variant.items():
+            for epoch, (mean, std, n) in enumerate(zip(*mean_curve(runs)), start=1):
+                rows.append({"variant": variant, "metric": CURVE_TAGS[tag], "epoch": epoch, "mean": mean,
+                             "std": std, "n": n})
+    return rows
+
+
+def curve_readings(curves: dict[str, dict[str, list]]) -> list[dict]:
+    """Per variant, from its mean curves: the peak validation accuracy and the lowest validation loss with
+    their epochs, and the last epoch's values."""
+    readings = {}
+    for tag, by_variant in curves.items():
+        for variant, runs in by_variant.items():
+            mean = mean_curve(runs)[0]
+            finite = [(v, e) for e, v in enumerate(mean, start=1) if math.isfinite(v)]
+            reading = readings.setdefault(variant, {"variant": variant})
+            reading[f"{CURVE_TAGS[tag]}_last"] = mean[-1] if mean else math.nan
+            reading[f"{CURVE_TAGS[tag]}_epochs"] = len(mean)
+            best = (max if tag == "val/acc" else min)(finite, default=(math.nan, None))
+            reading[f"{CURVE_TAGS[tag]}_best"], reading[f"{CURVE_TAGS[tag]}_best_epoch"] = best
+    return list(readings.values())
+
+
 def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, title: str,
                 notes: Optional[dict[str, str]] = None):
     """One line per variant: the mean over its runs per epoch, with a ± 1 std band when it has several.
@@ -256,10 +320,6 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
         curves = [c for c in curves if c]
         if not curves:
             continue
-        values = np.full((len(curves), max(map(len, curves))), np.nan)
-        for i, c in enumerate(curves):
-            values[i, :len(c)] = c
-        epochs = np.arange(1, values.shape[1] + 1)
         note = (notes or {}).get(variant)
         label = f"{variant} (n={len(curves)}{', ' + note if note else ''})"
         finite = [np.isfinite(c) for c in curves]
@@ -269,14 +329,11 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
             continue
         if not all(f.all() for f in finite):
             label += ": non-finite values not drawn"
-        values[~np.isfinite(values)] = np.nan
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # epochs where a single run or none is finite
-            mean = np.nanmean(values, axis=0)
-            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
-            if len(curves) > 1:
-                std = np.nanstd(values, axis=0, ddof=1)
-                ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        mean, std, _ = map(np.array, mean_curve(curves))
+        epochs = np.arange(1, len(mean) + 1)
+        (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+        if len(curves) > 1:
+            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
@@ -367,10 +424,8 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
         writer = csv.DictWriter(f, fieldnames=list(variants[0]) if variants else ["variant"])
         writer.writeheader()
         writer.writerows(variants)
-    markdown = summary_markdown(sweep_dir, variants, runs, note)
-    (sweep_dir / "summary.md").write_text(markdown)
 
-    curves: dict[str, dict[str, list]] = {"val/acc": {}, "train/loss_epoch": {}}
+    curves: dict[str, dict[str, list]] = {tag: {} for tag in CURVE_TAGS}
     diverged: dict[str, dict[str, int]] = {tag: {} for tag in curves}  # among the runs each figure draws
     for r in runs:
         if r.get("status") not in RESULT_STATUSES:  # a failed or unfinished run's partial curve is no result
@@ -380,6 +435,13 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
             curves[tag].setdefault(r["variant"], []).append(run_curves[tag])
             if r["status"] == "diverged" and run_curves[tag]:
                 diverged[tag][r["variant"]] = diverged[tag].get(r["variant"], 0) + 1
+    with open(sweep_dir / "curves.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=("variant", "metric", "epoch", "mean", "std", "n"))
+        writer.writeheader()
+        writer.writerows(curve_rows(curves))
+    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(curves))
+    (sweep_dir / "summary.md").write_text(markdown)
+
     for tag, ylabel, title, name in (("val/acc", "validation accuracy", "Validation accuracy per epoch", "val_acc.png"),
                                      ("train/loss_epoch", "training loss (cross-entropy)", "Training loss per epoch",
                                       "train_loss.png")):

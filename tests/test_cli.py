@@ -188,6 +188,12 @@ def test_report_compares_variants_over_seeds_and_draws_the_figures(tmp_path, cif
     assert re.search(r"\| model=lenet_bn \| completed \| 2 \| 0\.\d{4} ± 0\.\d{4} \|", summary)
     for png in ("val_acc.png", "train_loss.png", "test_acc.png"):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The figures' numbers, per variant, metric and epoch, and each variant's peak and last epoch in the summary.
+    curves = list(csv.DictReader(open(sweep / "curves.csv")))
+    assert sorted({(r["variant"], r["metric"], r["epoch"], r["n"]) for r in curves}) == sorted(
+        (v, m, e, "2") for v in ("model=lenet", "model=lenet_bn") for m in ("train_loss", "val_acc", "val_loss")
+        for e in ("1", "2"))
+    assert re.search(r"\| model=lenet_bn \| 0\.\d{4} \([12]\) \| 0\.\d{4} \| \d\.\d{4} \([12]\) \|", summary)
 
     # The report rebuilds everything from the run folders alone, also after the sweep dir moved.
     moved = tmp_path / "copied_elsewhere"

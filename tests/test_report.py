@@ -4,7 +4,8 @@ import math
 import pytest
 
 from cifar_ablate.errors import ConfigError
-from cifar_ablate.report import holm, plot_curves, plot_test_accuracy, variant_of, variant_rows, welch_p
+from cifar_ablate.report import (curve_readings, curve_rows, holm, mean_curve, plot_curves, plot_test_accuracy,
+                                 variant_of, variant_rows, welch_p)
 
 
 def test_variant_is_the_run_name_without_its_seed():
@@ -132,6 +133,25 @@ def test_a_diverged_variant_keeps_a_legend_entry_that_says_why_it_has_no_line():
     assert legend == ["lr=0.01 (n=1)", "lr=1.0 (n=2, 2 diverged): no finite value",
                       "lr=0.5 (n=2, 1 diverged): non-finite values not drawn"]
     assert list(fig.axes[0].get_lines()[2].get_ydata()) == pytest.approx([2.05, 1.6])
+
+
+def test_curve_readings_find_each_variants_peak_and_last_epoch_over_its_runs():
+    nan = float("nan")
+    curves = {"val/acc": {"model=a": [[0.5, 0.7, 0.6], [0.5, 0.6, 0.6]], "model=b": [[0.4, nan], [0.4, 0.5, 0.55]]},
+              "val/loss": {"model=a": [[1.2, 1.0, 1.4], [1.2, 1.1, 1.5]], "model=b": [[1.3, nan], [1.3, 1.2, 1.1]]},
+              "train/loss_epoch": {"model=a": [[1.5, 1.0, 0.8], [1.5, 1.0, 0.6]], "model=b": [[], []]}}
+    mean, std, n = mean_curve(curves["val/acc"]["model=b"])
+    # A run that stopped or diverged counts only where it has a finite value.
+    assert mean == pytest.approx([0.4, 0.5, 0.55]) and n == [2, 1, 1] and std[0] == 0 and math.isnan(std[1])
+    a, b = curve_readings(curves)
+    assert (a["val_acc_best"], a["val_acc_best_epoch"], a["val_acc_last"]) == pytest.approx((0.65, 2, 0.6))
+    assert (a["val_loss_best"], a["val_loss_best_epoch"], a["val_loss_last"]) == pytest.approx((1.05, 2, 1.45))
+    assert (a["train_loss_last"], a["train_loss_epochs"]) == pytest.approx((0.7, 3))
+    assert (b["val_acc_best"], b["val_acc_best_epoch"], b["val_loss_best_epoch"]) == pytest.approx((0.55, 3, 3))
+    assert math.isnan(b["train_loss_last"]) and b["train_loss_best_epoch"] is None  # no curve logged
+    rows = curve_rows(curves)
+    assert {(r["metric"], r["epoch"], r["n"]) for r in rows if r["variant"] == "model=b"} == {
+        (metric, epoch, n) for metric in ("val_acc", "val_loss") for epoch, n in ((1, 2), (2, 1), (3, 1))}
 
 
 def test_bar_chart_has_one_bar_per_variant_with_error_bars():
