@@ -1,9 +1,11 @@
 """Lightning's training loop against a bare loop, in one process, taking turns: what the loop itself costs.
 
-Both train LeNet (SGD 0.01, momentum 0.9, batch 64) for --steps batches from the same normalized data,
-built as `cifar_ablate.training` builds them (classifier, data module, trainer with the TensorBoard logger, no
-checkpointing, no validation). Prints each pair's seconds, their ratio and the milliseconds per step that
-Lightning adds; times nothing else. With a tiny batch (--batch-size 2) the arithmetic shrinks and what is left
+Three loops train LeNet (SGD 0.01, momentum 0.9, batch 64) for --steps batches from the same data, taking
+turns: the bare loop over pre-normalized tensors; Lightning with a minimal LightningModule (a training_step
+of three lines, no metrics, no logging) over cifar_ablate's data module, which is Lightning's own floor; and
+cifar_ablate's classifier, built as `cifar_ablate.training` builds it (trainer with the TensorBoard logger, no
+checkpointing, no validation). Prints each round's seconds, the ratio to the bare loop and the milliseconds
+per step each Lightning loop adds; times nothing else. With a tiny batch (--batch-size 2) the arithmetic shrinks and what is left
 is mostly each step's host cost, the part that sets a small model's step time on a GPU.
 `bench/op_count.py` runs the same two loops under torch.profiler.
 
@@ -64,15 +66,32 @@ def bare_loop(cfg, images, labels, steps: int):
     return train
 
 
-def lightning_fit(cfg, datamodule, callbacks=(), around=None) -> None:
-    """cifar_ablate's Lightning fit of the same config; `around` (e.g. a profiler) wraps only `fit`."""
+class MinimalModule(L.LightningModule):
+    """The least a LightningModule needs: Lightning's loop with nothing of cifar_ablate's step in it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+def lightning_fit(cfg, datamodule, callbacks=(), around=None, minimal: bool = False) -> None:
+    """cifar_ablate's Lightning fit of the same config (`minimal`: the same seeded model in MinimalModule);
+    `around` (e.g. a profiler) wraps only `fit`."""
     L.seed_everything(0, verbose=False)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = instantiate(OmegaConf.to_container(cfg.trainer, resolve=True), logger=TensorBoardLogger(tmp),
                               callbacks=list(callbacks), default_root_dir=tmp, enable_checkpointing=False)
         classifier = training.build_classifier(cfg)
+        module = MinimalModule(classifier.model) if minimal else classifier
         with around if around is not None else contextlib.nullcontext():
-            trainer.fit(classifier, datamodule=datamodule)
+            trainer.fit(module, datamodule=datamodule)
 
 
 def profile_by_package(cfg, datamodule, steps: int, top: int = 12) -> None:
@@ -96,7 +115,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="data")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=5, help="rounds of the three loops")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--profile", action="store_true",
                         help="instead: one Lightning fit under cProfile, own time per step summed by package")
@@ -109,18 +128,19 @@ def main():
         train()
         return time.perf_counter() - start
 
-    def lightning() -> float:
+    def lightning(minimal: bool) -> float:
         progress = training.RunProgress(print_lines=False)
-        lightning_fit(cfg, datamodule, callbacks=[progress])
+        lightning_fit(cfg, datamodule, callbacks=[progress], minimal=minimal)
         return progress.epoch_seconds[0]
 
     if args.profile:
         profile_by_package(cfg, datamodule, args.steps)
         return
     for _ in range(args.pairs):
-        b, c = bare(), lightning()
-        print(f"bare {b:.2f} s  lightning {c:.2f} s  ratio {c / b:.2f}  "
-              f"lightning adds {(c - b) / args.steps * 1e3:.2f} ms per step", flush=True)
+        b, m, c = bare(), lightning(minimal=True), lightning(minimal=False)
+        print(f"bare {b:.2f} s  lightning, minimal module {m:.2f} s (x{m / b:.2f}, "
+              f"+{(m - b) / args.steps * 1e3:.2f} ms/step)  cifar_ablate {c:.2f} s (x{c / b:.2f}, "
+              f"+{(c - b) / args.steps * 1e3:.2f} ms/step)", flush=True)
 
 
 if __name__ == "__main__":
