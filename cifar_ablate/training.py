@@ -169,8 +169,10 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
     if last.exists():
         check_checkpoint(last, classifier.state_dict())
         log.info("%s: resuming from %s", run_dir.name, last)
-    else:  # a fresh start; rows an earlier attempt left (its checkpoint deleted) are not this run's
-        (run_dir / "metrics.csv").unlink(missing_ok=True)
+    else:  # a fresh start: logs an earlier attempt left (its checkpoint deleted) are not this run's, and the
+        # report would read their epochs as this run's
+        for stale in (*run_dir.glob("events.out.tfevents.*"), run_dir / "metrics.csv"):
+            stale.unlink(missing_ok=True)
     if isinstance(logger, TensorBoardLogger):  # the first write to the run's logs, once nothing can be refused
         logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)

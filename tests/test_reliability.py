@@ -165,6 +165,8 @@ def test_rerunning_a_sweep_redoes_only_runs_without_a_result(tmp_path, cifar_roo
         assert json.loads((sweep / f"seed={s}" / "metrics.json").read_text())["status"] == "completed"
     assert "seed=0: already completed, skipping" in again.stderr + again.stdout
     assert "| seed=2 | completed |" in (sweep / "summary.md").read_text()
+    # seed=1 started over: its curves are the new attempt's one epoch, not the deleted attempt's as well.
+    assert [len(read_curves(sweep / f"seed={s}")["val/acc"]) for s in (0, 1, 2)] == [1, 1, 1]
 
 
 def test_dirs_started_in_the_same_second_never_collide(tmp_path):
