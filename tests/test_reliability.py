@@ -119,7 +119,7 @@ def test_a_run_started_over_in_its_dir_keeps_no_rows_of_the_earlier_attempt(tmp_
     (tmp_path / "run" / "metrics.json").unlink()
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert [len(v) for v in read_curves(tmp_path / "run").values()] == [2, 2]
+    assert [len(v) for v in read_curves(tmp_path / "run").values()] == [2, 2, 2]
 
 
 def test_resume_expands_to_the_runs_own_overrides_into_its_dir(tmp_path, compose_config):
