@@ -220,8 +220,9 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
             f"{r['run']} ({r.get('status')}{': ' + r['error'] if r.get('error') else ''})" for r in not_results)]
     if readings:
         lines += ["", "## Curves", "", "Each variant's per-epoch mean over its runs with a result, as the figures draw "
-                  "it (every epoch in curves.csv). A peak well before the last epoch, with the validation loss rising "
-                  "since its lowest, is overfitting.", "",
+                  "it (every epoch in curves.csv), so its peak can sit below best_val_acc above, the mean of each run's "
+                  "own best epoch. A peak well before the last epoch, with the validation loss rising since its "
+                  "lowest, is overfitting.", "",
                   "| variant | val acc: peak (epoch) | val acc: last | val loss: lowest (epoch) | val loss: last "
                   "| train loss: last | epochs |", "|" + "---|" * 7]
         for r in readings:
