@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import InterpolationResolutionError
 
 from cifar_ablate.config import check_config
-from cifar_ablate.errors import CheckpointError, UserError
+from cifar_ablate.errors import CheckpointError, ConfigError, UserError
 from cifar_ablate.report import RESULT_STATUSES, name_items, read_metrics
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,52 @@ def objective(metrics: dict) -> Optional[float]:
 
 # The config tree lives beside the package (conf/ at the repo root); an absolute path is a file path to Hydra.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# What a run computes, kept from its first start: Hydra rewrites .hydra/ whenever a command runs into the dir.
+RUN_CONFIG = "run_config.json"
+
+
+def where_and_how_keys() -> set[str]:
+    """The keys that say where and how a run executes, not what it computes (never part of a run's name)."""
+    return set(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+
+
+def what_it_computes(cfg: DictConfig) -> dict:
+    """The run's config as dotted keys, without the where-and-how keys and the report's baseline. Unresolved,
+    so a default that depends on the device (the trainer's precision) reads the same on a GPU and a CPU."""
+    flat = {}
+
+    def walk(node, prefix: str):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+    walk(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True), "")
+    skip = where_and_how_keys() | {"baseline"}
+    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
+
+
+def check_same_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse to skip or resume a run whose dir holds one of another config: a sweep rerun into its dir with a
+    setting changed (trainer.max_epochs=3) would otherwise report the old results under the new settings."""
+    path = run_dir / RUN_CONFIG
+    if not path.exists():  # started before cifar_ablate kept it
+        return
+    saved, now = json.loads(path.read_text()), what_it_computes(cfg)
+    differ = sorted(k for k in saved.keys() | now.keys() if k not in saved or k not in now or saved[k] != now[k])
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k, 'unset')} there, {now.get(k, 'unset')} now" for k in differ[:3])
+        raise ConfigError(f"{run_dir}: holds a run of another config ({shown}{', ...' if len(differ) > 3 else ''}); "
+                          "use a new run or sweep dir, or delete this run's dir to train it with this config",
+                          keys=tuple(differ))
+
+
+@rank_zero_only
+def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
+    path = run_dir / RUN_CONFIG
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(what_it_computes(cfg), indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -155,7 +201,15 @@ def main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     previous = read_metrics(run_dir)
-    if previous is not None and previous["status"] in RESULT_STATUSES:
+    is_result = previous is not None and previous["status"] in RESULT_STATUSES
+    resuming = (run_dir / "checkpoints" / "last.ckpt").exists()
+    if is_result or resuming:
+        try:
+            check_same_config(run_dir, cfg)
+        except ConfigError as e:  # this dir's run is not this config's: leave it as it is, in a sweep too
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    if is_result:
         # Re-running a sweep into its dir redoes only what has no result yet.
         log.info("%s: already %s, skipping (delete its metrics.json to rerun)", run_dir.name, previous["status"])
         return objective(previous)
@@ -169,6 +223,8 @@ def main(cfg: DictConfig) -> Optional[float]:
     from cifar_ablate.checkpointing import ResumeCheckpoint
     progress = training.RunProgress(print_lines=False)
     resume = ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt")
+    if not resuming:
+        write_run_config(run_dir, cfg)
     try:
         metrics = {**training.train(cfg, run_dir, progress, resume), **run_identity(cfg)}
     except UserError as e:
@@ -229,7 +285,7 @@ def resume_overrides(args: list[str]) -> list[str]:
     if not saved.is_file():
         raise UserError(f"{given[-1]}: not a run dir (no {saved}); pass the dir holding the run's metrics.json "
                         "and checkpoints/")
-    where_and_how = set(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+    where_and_how = where_and_how_keys()
     others = [a for a in args if not a.startswith("resume=")]
     changed = [a for a in others if a.split("=", 1)[0].lstrip("+~") not in where_and_how]
     if changed:

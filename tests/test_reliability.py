@@ -169,6 +169,23 @@ def test_rerunning_a_sweep_redoes_only_runs_without_a_result(tmp_path, cifar_roo
     assert [len(read_curves(sweep / f"seed={s}")["val/acc"]) for s in (0, 1, 2)] == [1, 1, 1]
 
 
+def test_a_sweep_rerun_into_its_dir_with_another_setting_is_refused_and_leaves_the_results(tmp_path, cifar_root):
+    """Run names hold only what varies: without the check, trainer.max_epochs=2 would skip the 1-epoch runs
+    and the report would show their results under the new setting."""
+    args = ["-m", "seed=0,1", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    before = (tmp_path / "sweep" / "seed=0" / "metrics.json").read_text()
+    changed = run_cli(*args, "trainer.max_epochs=2", cwd=tmp_path)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert changed.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'sweep' / 'seed=0'}: holds a run of another config (trainer.max_epochs: 1 there, 2 now); "
+        "use a new run or sweep dir, or delete this run's dir to train it with this config")
+    assert (tmp_path / "sweep" / "seed=0" / "metrics.json").read_text() == before
+    # Where and how it runs may change: the same sweep with another data.root spelling still skips its runs.
+    again = run_cli(*args[:2], f"data.root={cifar_root}/.", *args[3:], cwd=tmp_path)
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("already completed, skipping") == 2
+
+
 def test_dirs_started_in_the_same_second_never_collide(tmp_path):
     first, second = fresh_dir(str(tmp_path / "18-30-05")), fresh_dir(str(tmp_path / "18-30-05"))
     assert first != second and os.path.isdir(first) and os.path.isdir(second)
