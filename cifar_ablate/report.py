@@ -175,6 +175,8 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
 def _fmt(value, digits=4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if isinstance(value, float) and abs(value) >= 1e6:  # a loss on its way to diverging
+        return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
@@ -183,7 +185,7 @@ def _pm(mean, std) -> str:
 
 
 def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], note: Optional[str] = None,
-                     readings: Optional[list[dict]] = None) -> str:
+                     readings: Optional[list[dict]] = None, diverged_runs: Optional[dict[str, str]] = None) -> str:
     multi_seed = any(v["n"] > 1 for v in variants)
     lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
     if multi_seed:
@@ -221,14 +223,16 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
     if readings:
         lines += ["", "## Curves", "", "Each variant's per-epoch mean over its runs with a result, as the figures draw "
                   "it (every epoch in curves.csv), so its peak can sit below best_val_acc above, the mean of each run's "
-                  "own best epoch. A peak well before the last epoch, with the validation loss rising since its "
-                  "lowest, is overfitting.", "",
+                  "own best epoch; a diverged run counts in the epochs where its values are finite. A peak well before the "
+                  "last epoch, with the validation loss rising since its lowest, is overfitting.", "",
                   "| variant | val acc: peak (epoch) | val acc: last | val loss: lowest (epoch) | val loss: last "
                   "| train loss: last | epochs |", "|" + "---|" * 7]
         for r in readings:
             def at(key):
                 return f"{_fmt(r.get(key + '_best'))} ({_fmt(r.get(key + '_best_epoch'))})"
-            lines.append(f"| {r['variant']} | {at('val_acc')} | {_fmt(r.get('val_acc_last'))} | {at('val_loss')} "
+            diverged = (diverged_runs or {}).get(r["variant"])
+            name = f"{r['variant']} ({diverged} diverged)" if diverged else r["variant"]
+            lines.append(f"| {name} | {at('val_acc')} | {_fmt(r.get('val_acc_last'))} | {at('val_loss')} "
                          f"| {_fmt(r.get('val_loss_last'))} | {_fmt(r.get('train_loss_last'))} "
                          f"| {_fmt(r.get('train_loss_epochs'))} |")
     lines += ["", "## Runs", "", "| " + " | ".join(RUN_COLUMNS) + " |", "|" + "---|" * len(RUN_COLUMNS)]
@@ -301,7 +305,9 @@ def curve_readings(curves: dict[str, dict[str, list]]) -> list[dict]:
             reading = readings.setdefault(variant, {"variant": variant})
             reading[f"{CURVE_TAGS[tag]}_last"] = mean[-1] if mean else math.nan
             reading[f"{CURVE_TAGS[tag]}_epochs"] = len(mean)
-            best = (max if tag == "val/acc" else min)(finite, default=(math.nan, None))
+            # The first epoch that reaches the best value, for accuracy as for loss.
+            best = (max(finite, key=lambda t: (t[0], -t[1]), default=(math.nan, None)) if tag == "val/acc"
+                    else min(finite, default=(math.nan, None)))
             reading[f"{CURVE_TAGS[tag]}_best"], reading[f"{CURVE_TAGS[tag]}_best_epoch"] = best
     return list(readings.values())
 
@@ -335,6 +341,11 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
         (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
         if len(curves) > 1:
             ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    drawn = np.concatenate([line.get_ydata() for line in ax.get_lines()] or [np.array([])]).astype(float)
+    drawn = drawn[np.isfinite(drawn)]
+    if len(drawn) and drawn.min() > 0 and drawn.max() / drawn.min() > 1e3:  # a loss heading for divergence
+        ax.set_yscale("log")  # would flatten every other line to zero on a linear axis
+        ylabel += " (log scale)"
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
@@ -440,7 +451,8 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
         writer = csv.DictWriter(f, fieldnames=("variant", "metric", "epoch", "mean", "std", "n"))
         writer.writeheader()
         writer.writerows(curve_rows(curves))
-    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(curves))
+    diverged_runs = {v["variant"]: f"{v['diverged']} of {v['n']}" for v in variants if v["diverged"]}
+    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(curves), diverged_runs)
     (sweep_dir / "summary.md").write_text(markdown)
 
     for tag, ylabel, title, name in (("val/acc", "validation accuracy", "Validation accuracy per epoch", "val_acc.png"),

@@ -5,7 +5,7 @@ import pytest
 
 from cifar_ablate.errors import ConfigError
 from cifar_ablate.report import (curve_readings, curve_rows, holm, mean_curve, plot_curves, plot_test_accuracy,
-                                 variant_of, variant_rows, welch_p)
+                                 summary_markdown, variant_of, variant_rows, welch_p)
 
 
 def test_variant_is_the_run_name_without_its_seed():
@@ -152,6 +152,24 @@ def test_curve_readings_find_each_variants_peak_and_last_epoch_over_its_runs():
     rows = curve_rows(curves)
     assert {(r["metric"], r["epoch"], r["n"]) for r in rows if r["variant"] == "model=b"} == {
         (metric, epoch, n) for metric in ("val_acc", "val_loss") for epoch, n in ((1, 2), (2, 1), (3, 1))}
+
+
+def test_curve_readings_take_the_first_epoch_of_a_tie_and_mark_diverged_variants(tmp_path):
+    curves = {"val/acc": {"lr=0.01": [[0.1, 0.3, 0.3]], "lr=1e8": [[0.1, 0.1]]},
+              "val/loss": {"lr=0.01": [[2.0, 1.5, 1.5]], "lr=1e8": [[7e18, 7e18]]},
+              "train/loss_epoch": {"lr=0.01": [[2.1, 1.6, 1.4]], "lr=1e8": [[6.7e18, 9e26]]}}
+    readings = curve_readings(curves)
+    assert [(r["val_acc_best_epoch"], r["val_loss_best_epoch"]) for r in readings] == [(2, 2), (1, 1)]
+    markdown = summary_markdown(tmp_path, [], [], readings=readings, diverged_runs={"lr=1e8": "1 of 1"})
+    assert "| lr=0.01 | 0.3000 (2) | 0.3000 | 1.5000 (2) | 1.5000 | 1.4000 | 3 |" in markdown
+    assert "| lr=1e8 (1 of 1 diverged) | 0.1000 (1) | 0.1000 | 7.000e+18 (1) | 7.000e+18 | 9.000e+26 | 2 |" in markdown
+
+
+def test_a_loss_curve_spanning_orders_of_magnitude_is_drawn_on_a_log_axis():
+    ax = plot_curves({"lr=0.01": [[2.0, 1.5]], "lr=3": [[2.3, 6.7e18]]}, "training loss", "Training loss").axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "training loss (log scale)"
+    ax = plot_curves({"lr=0.01": [[2.0, 1.5]], "lr=3": [[2.3, 2.2]]}, "training loss", "Training loss").axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylabel() == "training loss"
 
 
 def test_bar_chart_has_one_bar_per_variant_with_error_bars():
