@@ -176,7 +176,7 @@ def _fmt(value, digits=4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float) and abs(value) >= 1e6:  # a loss on its way to diverging
-        return f"{value:.{digits - 1}e}"
+        return f"{value:.3e}"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
@@ -201,12 +201,16 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
                          f"| {_fmt(v['p_holm'], 3)} | {verdict} | {_fmt(v['epochs_mean'], 1)} "
                          f"| {_fmt(v['train_seconds_mean'], 1)} |")
         tested = sum(not math.isnan(v["p_value"]) for v in variants)
-        lines += ["", f"Test: Welch's two-sided t-test of each variant's test accuracies against the baseline's "
-                      f"over seeds. \"yes\" when Holm's adjusted p < {ALPHA}: with {tested} variant"
-                      f"{'s' if tested != 1 else ''} tested against the baseline, this keeps the chance of any false "
-                      f"\"yes\" in the study at or below {ALPHA:.0%} (with one, Holm's p is Welch's). With few seeds "
-                      "the test has little power: \"no\" means the difference is not shown to exceed seed noise, not "
-                      "that there is none."]
+        if not tested:
+            lines += ["", "Nothing is tested: Welch's t-test needs at least 2 seeds with a result, and a spread, in both "
+                          "a variant and the baseline. The differences shown may be seed noise."]
+        else:
+            lines += ["", f"Test: Welch's two-sided t-test of each variant's test accuracies against the baseline's "
+                          f"over seeds. \"yes\" when Holm's adjusted p < {ALPHA}: with {tested} variant"
+                          f"{'s' if tested != 1 else ''} tested against the baseline, this keeps the chance of any false "
+                          f"\"yes\" in the study at or below {ALPHA:.0%} (with one, Holm's p is Welch's). With few "
+                          "seeds the test has little power: \"no\" means the difference is not shown to exceed seed "
+                          "noise, not that there is none."]
     else:
         lines += ["| variant | status | test_acc | best_val_acc | Δ test_acc vs baseline | epochs | train s |",
                   "|" + "---|" * 7]
@@ -221,10 +225,10 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
         lines += ["", "Runs without a result: " + ", ".join(
             f"{r['run']} ({r.get('status')}{': ' + r['error'] if r.get('error') else ''})" for r in not_results)]
     if readings:
-        lines += ["", "## Curves", "", "Each variant's per-epoch mean over its runs with a result, as the figures draw "
-                  "it (every epoch in curves.csv), so its peak can sit below best_val_acc above, the mean of each run's "
-                  "own best epoch; a diverged run counts in the epochs where its values are finite. A peak well before the "
-                  "last epoch, with the validation loss rising since its lowest, is overfitting.", "",
+        lines += ["", "## Curves", "", "Each variant's per-epoch mean over its runs with a result, as the figures "
+                  "draw it (every epoch in curves.csv), so its peak can sit below best_val_acc above, the mean of "
+                  "each run's own best epoch; a diverged run counts in the epochs where its values are finite. A peak "
+                  "well before the last epoch, with the validation loss rising since its lowest, is overfitting.", "",
                   "| variant | val acc: peak (epoch) | val acc: last | val loss: lowest (epoch) | val loss: last "
                   "| train loss: last | epochs |", "|" + "---|" * 7]
         for r in readings:

@@ -154,6 +154,13 @@ def test_curve_readings_find_each_variants_peak_and_last_epoch_over_its_runs():
         (metric, epoch, n) for metric in ("val_acc", "val_loss") for epoch, n in ((1, 2), (2, 1), (3, 1))}
 
 
+def test_a_several_seed_summary_with_nothing_testable_says_so(tmp_path):
+    runs = [run("model=a", 0, 0.50), run("model=a", 1, 0.52), run("model=b", 0, 0.70), run("model=b", 1, None, "failed")]
+    markdown = summary_markdown(tmp_path, variant_rows(runs, None), runs)
+    assert "Nothing is tested: Welch's t-test needs at least 2 seeds" in markdown and "Test: Welch" not in markdown
+    assert "| model=b | completed/failed | 1 | 0.7000 |" in markdown and "| untested (n < 2 or no spread) |" in markdown
+
+
 def test_curve_readings_take_the_first_epoch_of_a_tie_and_mark_diverged_variants(tmp_path):
     curves = {"val/acc": {"lr=0.01": [[0.1, 0.3, 0.3]], "lr=1e8": [[0.1, 0.1]]},
               "val/loss": {"lr=0.01": [[2.0, 1.5, 1.5]], "lr=1e8": [[7e18, 7e18]]},
