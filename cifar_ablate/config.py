@@ -135,6 +135,13 @@ def check_config(cfg: DictConfig) -> None:
     _require(cfg.scheduler.get("interval", "epoch") in ("epoch", "step"), "scheduler.interval",
              cfg.scheduler.get("interval"), "must be epoch or step")
     _require(cfg.scheduler.get("gamma", 1) > 0, "scheduler.gamma", cfg.scheduler.get("gamma"), "must be > 0")
+    for key in ("step_size", "step_size_up", "T_max", "total_steps"):  # lengths in epochs or steps
+        value = cfg.scheduler.get(key)
+        _require(value is None or value >= 1, f"scheduler.{key}", value, "must be >= 1")
+    _require(0 < cfg.scheduler.get("pct_start", 0.5) < 1, "scheduler.pct_start", cfg.scheduler.get("pct_start"),
+             "must be in (0, 1)")
+    for key in ("base_lr", "max_lr"):
+        _require(cfg.scheduler.get(key, 1) > 0, f"scheduler.{key}", cfg.scheduler.get(key), "must be > 0")
 
     data = cfg.data
     _require(data.batch_size >= 1, "data.batch_size", data.batch_size, "must be >= 1")
@@ -155,6 +162,9 @@ def check_config(cfg: DictConfig) -> None:
     _require(reg.l1 >= 0, "regularization.l1", reg.l1, "must be >= 0")
     _require(reg.l2 >= 0, "regularization.l2", reg.l2, "must be >= 0")
 
+    for key in ("limit_train_batches", "limit_test_batches"):  # 0 would train, or test, nothing
+        value = cfg.trainer.get(key)
+        _require(value is None or value > 0, f"trainer.{key}", value, "must be > 0 (a fraction or a batch count)")
     max_epochs = cfg.trainer.get("max_epochs")
     _require(max_epochs is None or max_epochs >= 1 or cfg.trainer.get("max_steps", -1) > 0,
              "trainer.max_epochs", max_epochs, "must be >= 1")

@@ -223,8 +223,6 @@ def main(cfg: DictConfig) -> Optional[float]:
     from cifar_ablate.checkpointing import ResumeCheckpoint
     progress = training.RunProgress(print_lines=False)
     resume = ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt")
-    if not resuming:
-        write_run_config(run_dir, cfg)
     try:
         metrics = {**training.train(cfg, run_dir, progress, resume), **run_identity(cfg)}
     except UserError as e:

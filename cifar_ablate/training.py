@@ -28,6 +28,7 @@ from cifar_ablate.data import CIFAR10DataModule
 from cifar_ablate.errors import ConfigError
 from cifar_ablate.penalty import WeightPenalty
 from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
+from cifar_ablate.run import write_run_config
 from cifar_ablate.weight_init import init_weights
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,11 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         torch.cuda.reset_peak_memory_stats()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     classifier = build_classifier(cfg)  # model weights drawn right after seeding
+    try:  # torch checks an optimizer's values (betas, eps, ...) only when it is built, which Lightning does mid-fit
+        classifier.optimizer_factory(classifier.parameters())
+    except (ValueError, TypeError, IndexError) as e:  # IndexError: a list too short (betas=[0.9])
+        reason = str(e).splitlines()[0]  # omegaconf's errors add lines of context
+        raise ConfigError(f"optimizer: {cfg.optimizer._target_} refused its values ({reason})") from None
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.load()  # bad data fails here, before a logger or trainer writes anything
@@ -173,6 +179,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         # report would read their epochs as this run's
         for stale in (*run_dir.glob("events.out.tfevents.*"), run_dir / "metrics.csv"):
             stale.unlink(missing_ok=True)
+        write_run_config(run_dir, cfg)  # what a later rerun into this dir is compared with
     if isinstance(logger, TensorBoardLogger):  # the first write to the run's logs, once nothing can be refused
         logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=last if last.exists() else None, weights_only=True)

@@ -118,6 +118,10 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("model.dropout=1.0", r"model.dropout=1.0: must be in \[0, 1\)"),
     ("data.batch_size=0", "data.batch_size=0: must be >= 1"),
     ("data.val_size=300", r"data.val_size=300: must be in \[0, 300\) for the 300 training images"),
+    ("scheduler=cosine scheduler.T_max=0", "scheduler.T_max=0: must be >= 1"),
+    ("trainer.limit_train_batches=0", r"trainer.limit_train_batches=0: must be > 0 \(a fraction or a batch count\)"),
+    ("optimizer=adam optimizer.betas=[0.9,2]",
+     r"optimizer: torch.optim.Adam refused its values \(Invalid beta parameter at index 1: 2\)"),
     ("data.root={tmp}/empty", "data.root=.*/empty: no CIFAR-10 at .*set data.download=true"),
     ("data.root={tmp}/truncated", ".*/data_batch_2: not a readable CIFAR-10 batch"),
     ("data.root={tmp}/labels", r".*/test_batch: labels must lie in 0..9, found 0..12"),
@@ -132,12 +136,12 @@ def test_bad_value_stops_before_training_with_one_line(tmp_path, cifar_root, ove
     batch = pickle.loads(test_batch.read_bytes())
     batch["labels"][3] = 12
     test_batch.write_bytes(pickle.dumps(batch))
-    args = [f"data.root={cifar_root}", *FAST, "hydra.run.dir=run", override.format(tmp=tmp_path)]
+    args = [f"data.root={cifar_root}", *FAST, "hydra.run.dir=run", *override.format(tmp=tmp_path).split()]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert re.fullmatch(f"error: {message}.*", result.stderr.strip().splitlines()[-1])
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "run_config.json").exists()
     assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
 
 
