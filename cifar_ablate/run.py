@@ -233,8 +233,10 @@ def main(cfg: DictConfig) -> Optional[float]:
         saved = f"{resume.path} saved" if resume.path.exists() else "no checkpoint yet"
         write_metrics(run_dir, {"status": "interrupted", "signal": signame, "epoch": progress.epochs_done,
                                 **run_identity(cfg)})
-        print(f"{run_dir}: stopped by {signame} in epoch {progress.epochs_done + 1}; {saved}; "
-              "run the same command to continue", file=sys.stderr)
+        how = (f"rerun the sweep with hydra.sweep.dir={run_dir.parent}" if hydra_cfg.mode == RunMode.MULTIRUN
+               else f"python -m cifar_ablate resume={run_dir}")  # a plain rerun would start in a new dir
+        print(f"{run_dir}: stopped by {signame} in epoch {progress.epochs_done + 1} ({progress.epochs_done} "
+              f"finished); {saved}; to continue: {how}", file=sys.stderr)
         sys.exit(128 + resume.stopped_by)
     except Exception as e:
         # A crashed run is recorded as such; in a sweep the other runs go on and the sweep exits non-zero.

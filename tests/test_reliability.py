@@ -71,8 +71,8 @@ def test_a_run_stopped_by_a_signal_saves_mid_epoch_and_resumes_bit_identically(t
     assert stopped.returncode == 128 + signum, stopped.stderr[-2000:]
     run_dir = tmp_path / "stopped"
     assert stopped.stderr.strip().splitlines()[-1] == (
-        f"{run_dir}: stopped by {signame} in epoch 2; {run_dir / 'checkpoints' / 'last.ckpt'} saved; "
-        "run the same command to continue")
+        f"{run_dir}: stopped by {signame} in epoch 2 (1 finished); {run_dir / 'checkpoints' / 'last.ckpt'} saved; "
+        f"to continue: python -m cifar_ablate resume={run_dir}")
     interrupted = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
     assert (interrupted["status"], interrupted["signal"], interrupted["epoch"]) == ("interrupted", signame, 1)
     saved = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)
