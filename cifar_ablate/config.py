@@ -182,7 +182,8 @@ def check_config(cfg: DictConfig) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
         # Lightning's default DDP runs this command line again for every further process: a sweep once per
         # process. Not under SLURM, whose tasks are the processes.
-        _require(SLURMEnvironment.detect()
-                 or strategy not in ("auto", "ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true"),
-                 "trainer.strategy", strategy, "re-runs the whole command in each further process; for several "
-                 "devices use trainer=ddp (ddp_spawn: workers for fit only)")
+        if not (SLURMEnvironment.detect() or strategy not in ("auto", "ddp", "ddp_find_unused_parameters_false",
+                                                               "ddp_find_unused_parameters_true")):
+            raise ConfigError(f"trainer.devices={devices} with trainer.strategy={strategy}: Lightning's DDP re-runs "
+                              "the whole command in each further process; for several devices use trainer=ddp "
+                              "(ddp_spawn: workers for fit only)", keys=("trainer.devices", "trainer.strategy"))

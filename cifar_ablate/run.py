@@ -247,9 +247,9 @@ def main(cfg: DictConfig) -> Optional[float]:
             raise
         return None
     write_metrics(run_dir, metrics)
-    log.info("%s: test_acc %.4f  best_val_acc %.4f  (%s, %d epochs, %.1f s)", metrics["name"],
+    log.info("%s: test_acc %.4f  best_val_acc %.4f  (%s, %d epoch%s, %.1f s)", metrics["name"],
              metrics["test_acc"], metrics["best_val_acc"], metrics["status"], metrics["epochs"],
-             metrics["train_seconds"])
+             "" if metrics["epochs"] == 1 else "s", metrics["train_seconds"])
     return objective(metrics)
 
 

@@ -28,6 +28,9 @@ if __name__ == "__main__":
 '''
 
 
+RUN_FILES = {".hydra", "checkpoints", "hparams.yaml", "metrics.json", "run.log", "run_config.json"}
+
+
 def run_files(run_dir):
     return {p.name for p in run_dir.iterdir() if not p.name.startswith("events.out.tfevents.")}
 
@@ -37,7 +40,7 @@ def test_a_ddp_run_trains_on_both_processes_with_disjoint_halves_and_reports_onc
     result = run_cli(f"data.root={cifar_root}", *DDP, "hydra.run.dir=run", cwd=tmp_path, file=Path("count_ranks.py"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["count_ranks.py", "rank0.jsonl", "rank1.jsonl", "run"]
-    assert run_files(tmp_path / "run") == {".hydra", "checkpoints", "hparams.yaml", "metrics.json", "run.log"}
+    assert run_files(tmp_path / "run") == RUN_FILES
     assert result.stdout.count("epoch 1/2 ") == 1  # epoch lines from rank 0 only
     assert "sync_dist=True" not in result.stderr  # every epoch value is reduced over both processes
 
@@ -64,7 +67,7 @@ def test_a_ddp_sweep_runs_once_with_one_dir_and_result_per_trial(tmp_path, cifar
     sweep = tmp_path / "sweep"
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["seed=0", "seed=1"]
     for seed in (0, 1):
-        assert run_files(sweep / f"seed={seed}") == {".hydra", "checkpoints", "hparams.yaml", "metrics.json", "run.log"}
+        assert run_files(sweep / f"seed={seed}") == RUN_FILES
         metrics = json.loads((sweep / f"seed={seed}" / "metrics.json").read_text())
         assert (metrics["status"], metrics["seed"], metrics["epochs"]) == ("completed", seed, 2)
     assert [r["run"] for r in csv.DictReader(open(sweep / "runs.csv"))] == ["seed=0", "seed=1"]
@@ -73,7 +76,8 @@ def test_a_ddp_sweep_runs_once_with_one_dir_and_result_per_trial(tmp_path, cifar
 def test_several_devices_with_lightnings_default_ddp_are_refused(tmp_path, cifar_root):
     result = run_cli(f"data.root={cifar_root}", *FAST, "trainer.devices=2", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: trainer.strategy=auto: re-runs the whole")
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: trainer.devices=2 with trainer.strategy=auto: Lightning's DDP re-runs the whole command")
 
 
 def test_a_ddp_run_with_the_csv_logger_keeps_the_workers_curves(tmp_path, cifar_root):
