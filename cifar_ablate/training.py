@@ -33,6 +33,12 @@ from cifar_ablate.weight_init import init_weights
 
 log = logging.getLogger(__name__)
 
+# The `lightning` package gives its logger a console handler of its own, and Hydra's root handlers (the
+# console and run.log) get every line too: printed twice. Where Hydra has set up logging, keep only Hydra's.
+if logging.getLogger().hasHandlers():
+    for handler in logging.getLogger("lightning").handlers[:]:
+        logging.getLogger("lightning").removeHandler(handler)
+
 
 class RunProgress(Callback):
     """Counts finished epochs, times training, and prints one line per epoch when there is no progress bar.

@@ -47,6 +47,9 @@ def test_single_run_writes_metrics_and_tensorboard_logs(tmp_path, cifar_root):
     assert "hp_metric" not in tags
     # Not a terminal: epoch lines instead of a progress bar.
     assert "epoch 1/1" in result.stdout
+    # Lightning's lines once, through Hydra's logging, which also writes them to run.log.
+    assert (result.stdout + result.stderr).count("GPU available: False") == 1
+    assert "GPU available: False" in (run_dir / "run.log").read_text()
 
 
 def test_sweep_over_three_models(tmp_path, cifar_root):
