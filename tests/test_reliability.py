@@ -200,6 +200,12 @@ def test_a_checkpoint_from_another_model_or_truncated_is_refused_in_one_line(tmp
     other = run_cli(*args, "model=lenet_bn", cwd=tmp_path)
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert other.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'run'}: holds a run of another config (model.batch_norm: False there, True now")
+    # A run from before run_config.json was kept: its checkpoint's tensors tell.
+    (tmp_path / "run" / "run_config.json").unlink()
+    other = run_cli(*args, "model=lenet_bn", cwd=tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert other.stderr.strip().splitlines()[-1].startswith(
         f"error: {tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}: saved by a different model or config")
 
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -212,16 +218,19 @@ def test_a_checkpoint_from_another_model_or_truncated_is_refused_in_one_line(tmp
 
 # Six runs: seed 4 raises (while FAULTY is set), seed 5 diverges (a learning rate of 1e8).
 SIX_RUNS = """
-import os
+import functools, os
 from cifar_ablate import run, training
-train = training.train
+train, build_classifier = training.train, training.build_classifier
 def train_with_faults(cfg, *rest):
     if cfg.seed == 4 and os.environ.get("FAULTY"):
         raise RuntimeError("injected failure")
-    if cfg.seed == 5:
-        cfg.optimizer.lr = 1e8
     return train(cfg, *rest)
-training.train = train_with_faults
+def build_diverging(cfg):  # seed 5 trains at lr 1e8, its config unchanged (what a rerun is compared with)
+    classifier = build_classifier(cfg)
+    if cfg.seed == 5:
+        classifier.optimizer_factory = functools.partial(classifier.optimizer_factory, lr=1e8)
+    return classifier
+training.train, training.build_classifier = train_with_faults, build_diverging
 run.main()
 """
 
