@@ -5,6 +5,8 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from hydra.types import RunMode
 
 from cifar_ablate.report import read_curves
 from cifar_ablate.run import fresh_dir, resume_overrides
-from conftest import FAST, run_cli
+from conftest import FAST, REPO, run_cli
 
 # Runs the CLI but sends itself STOP_SIGNAL in the middle of epoch 2 (in batch 3 of 8).
 SIGNAL_MID_EPOCH = """
@@ -184,6 +186,20 @@ def test_a_sweep_rerun_into_its_dir_with_another_setting_is_refused_and_leaves_t
     # Where and how it runs may change: the same sweep with another data.root spelling still skips its runs.
     again = run_cli(*args[:2], f"data.root={cifar_root}/.", *args[3:], cwd=tmp_path)
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already completed, skipping") == 2
+
+
+def test_a_sweep_whose_output_reader_goes_away_still_completes_its_runs(tmp_path, cifar_root):
+    """`python -m cifar_ablate ... | head -1`: the rest of the output is dropped, not the runs."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "cifar_ablate", "-m", "seed=0,1", f"data.root={cifar_root}", *FAST,
+               "trainer.max_epochs=2", "hydra.sweep.dir=sweep"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    process.stdout.readline()
+    process.stdout.close()  # as head does after its line: every later write meets a closed pipe
+    assert process.wait(timeout=300) == 0
+    assert [json.loads((tmp_path / "sweep" / f"seed={s}" / "metrics.json").read_text())["status"]
+            for s in (0, 1)] == ["completed", "completed"]
+    assert (tmp_path / "sweep" / "summary.md").exists()
 
 
 def test_dirs_started_in_the_same_second_never_collide(tmp_path):
