@@ -121,16 +121,19 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=True)
 
 
+def write_json_whole(path: Path, content: dict, **dumps_options) -> None:
+    """Write `path` whole or not at all: a reader never sees a half-written file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, allow_nan=False, **dumps_options) + "\n")
+    os.replace(tmp, path)
+
+
 @rank_zero_only  # under SLURM with trainer=ddp every task runs the job; only rank 0 records the run
 def write_metrics(run_dir: Path, content: dict) -> None:
-    """Write the run's metrics.json whole or not at all: a reader never sees a half-written file. NaN and
-    inf become null (strict JSON); a diverged run says so in its status. Lightning must have been imported:
-    it sets the rank this reads."""
+    """Write the run's metrics.json whole. NaN and inf become null (strict JSON); a diverged run says so in its
+    status. Lightning must have been imported: it sets the rank this reads."""
     content = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in content.items()}
-    path = run_dir / "metrics.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_json_whole(run_dir / "metrics.json", content, indent=2)
 
 
 def run_identity(cfg: DictConfig) -> dict:
@@ -187,10 +190,7 @@ def check_same_config(run_dir: Path, cfg: DictConfig) -> None:
 
 @rank_zero_only
 def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
-    path = run_dir / RUN_CONFIG
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(what_it_computes(cfg), indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json_whole(run_dir / RUN_CONFIG, what_it_computes(cfg), indent=1, sort_keys=True)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -202,7 +202,8 @@ def main(cfg: DictConfig) -> Optional[float]:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     previous = read_metrics(run_dir)
     is_result = previous is not None and previous["status"] in RESULT_STATUSES
-    resuming = (run_dir / "checkpoints" / "last.ckpt").exists()
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    resuming = checkpoint.exists()
     if is_result or resuming:
         try:
             check_same_config(run_dir, cfg)
@@ -222,7 +223,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     from cifar_ablate import training
     from cifar_ablate.checkpointing import ResumeCheckpoint
     progress = training.RunProgress(print_lines=False)
-    resume = ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt")
+    resume = ResumeCheckpoint(checkpoint)
     try:
         metrics = {**training.train(cfg, run_dir, progress, resume), **run_identity(cfg)}
     except UserError as e:
