@@ -185,7 +185,7 @@ def _pm(mean, std) -> str:
 
 
 def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], note: Optional[str] = None,
-                     readings: Optional[list[dict]] = None, diverged_runs: Optional[dict[str, str]] = None) -> str:
+                     readings: Optional[list[dict]] = None) -> str:
     multi_seed = any(v["n"] > 1 for v in variants)
     lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
     if multi_seed:
@@ -202,13 +202,13 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
                          f"| {_fmt(v['train_seconds_mean'], 1)} |")
         tested = sum(not math.isnan(v["p_value"]) for v in variants)
         if not tested:
-            lines += ["", "Nothing is tested: Welch's t-test needs at least 2 seeds with a result, and a spread, in both "
-                          "a variant and the baseline. The differences shown may be seed noise."]
+            lines += ["", "Nothing is tested: Welch's t-test needs at least 2 seeds with a result, and a spread, in "
+                          "both a variant and the baseline. The differences shown may be seed noise."]
         else:
             lines += ["", f"Test: Welch's two-sided t-test of each variant's test accuracies against the baseline's "
                           f"over seeds. \"yes\" when Holm's adjusted p < {ALPHA}: with {tested} variant"
-                          f"{'s' if tested != 1 else ''} tested against the baseline, this keeps the chance of any false "
-                          f"\"yes\" in the study at or below {ALPHA:.0%} (with one, Holm's p is Welch's). With few "
+                          f"{'s' if tested != 1 else ''} tested against the baseline, this keeps the chance of any "
+                          f"false \"yes\" in the study at or below {ALPHA:.0%} (with one, Holm's p is Welch's). With few "
                           "seeds the test has little power: \"no\" means the difference is not shown to exceed seed "
                           "noise, not that there is none."]
     else:
@@ -231,11 +231,12 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
                   "well before the last epoch, with the validation loss rising since its lowest, is overfitting.", "",
                   "| variant | val acc: peak (epoch) | val acc: last | val loss: lowest (epoch) | val loss: last "
                   "| train loss: last | epochs |", "|" + "---|" * 7]
+        counts = {v["variant"]: v for v in variants}
         for r in readings:
             def at(key):
                 return f"{_fmt(r.get(key + '_best'))} ({_fmt(r.get(key + '_best_epoch'))})"
-            diverged = (diverged_runs or {}).get(r["variant"])
-            name = f"{r['variant']} ({diverged} diverged)" if diverged else r["variant"]
+            v = counts.get(r["variant"], {})
+            name = f"{r['variant']} ({v['diverged']} of {v['n']} diverged)" if v.get("diverged") else r["variant"]
             lines.append(f"| {name} | {at('val_acc')} | {_fmt(r.get('val_acc_last'))} | {at('val_loss')} "
                          f"| {_fmt(r.get('val_loss_last'))} | {_fmt(r.get('train_loss_last'))} "
                          f"| {_fmt(r.get('train_loss_epochs'))} |")
@@ -298,22 +299,25 @@ def curve_rows(curves: dict[str, dict[str, list]]) -> list[dict]:
     return rows
 
 
-def curve_readings(curves: dict[str, dict[str, list]]) -> list[dict]:
-    """Per variant, from its mean curves: the peak validation accuracy and the lowest validation loss with
-    their epochs, and the last epoch's values."""
-    readings = {}
-    for tag, by_variant in curves.items():
-        for variant, runs in by_variant.items():
-            mean = mean_curve(runs)[0]
+def curve_readings(rows: list[dict]) -> list[dict]:
+    """Per variant, from curve_rows' means: the peak validation accuracy and the lowest validation loss with
+    their epochs (a tie's first), and the last epoch's values."""
+    means: dict[str, dict[str, list]] = {}
+    for r in rows:  # in epoch order
+        means.setdefault(r["variant"], {}).setdefault(r["metric"], []).append(r["mean"])
+    readings = []
+    for variant, by_metric in means.items():
+        reading = {"variant": variant}
+        for metric in CURVE_TAGS.values():
+            mean = by_metric.get(metric, [])
             finite = [(v, e) for e, v in enumerate(mean, start=1) if math.isfinite(v)]
-            reading = readings.setdefault(variant, {"variant": variant})
-            reading[f"{CURVE_TAGS[tag]}_last"] = mean[-1] if mean else math.nan
-            reading[f"{CURVE_TAGS[tag]}_epochs"] = len(mean)
-            # The first epoch that reaches the best value, for accuracy as for loss.
-            best = (max(finite, key=lambda t: (t[0], -t[1]), default=(math.nan, None)) if tag == "val/acc"
+            reading[f"{metric}_last"] = mean[-1] if mean else math.nan
+            reading[f"{metric}_epochs"] = len(mean)
+            best = (max(finite, key=lambda t: (t[0], -t[1]), default=(math.nan, None)) if metric == "val_acc"
                     else min(finite, default=(math.nan, None)))
-            reading[f"{CURVE_TAGS[tag]}_best"], reading[f"{CURVE_TAGS[tag]}_best_epoch"] = best
-    return list(readings.values())
+            reading[f"{metric}_best"], reading[f"{metric}_best_epoch"] = best
+        readings.append(reading)
+    return readings
 
 
 def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, title: str,
@@ -451,12 +455,12 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
             curves[tag].setdefault(r["variant"], []).append(run_curves[tag])
             if r["status"] == "diverged" and run_curves[tag]:
                 diverged[tag][r["variant"]] = diverged[tag].get(r["variant"], 0) + 1
+    rows = curve_rows(curves)
     with open(sweep_dir / "curves.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=("variant", "metric", "epoch", "mean", "std", "n"))
         writer.writeheader()
-        writer.writerows(curve_rows(curves))
-    diverged_runs = {v["variant"]: f"{v['diverged']} of {v['n']}" for v in variants if v["diverged"]}
-    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(curves), diverged_runs)
+        writer.writerows(rows)
+    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(rows))
     (sweep_dir / "summary.md").write_text(markdown)
 
     for tag, ylabel, title, name in (("val/acc", "validation accuracy", "Validation accuracy per epoch", "val_acc.png"),

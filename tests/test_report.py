@@ -143,7 +143,7 @@ def test_curve_readings_find_each_variants_peak_and_last_epoch_over_its_runs():
     mean, std, n = mean_curve(curves["val/acc"]["model=b"])
     # A run that stopped or diverged counts only where it has a finite value.
     assert mean == pytest.approx([0.4, 0.5, 0.55]) and n == [2, 1, 1] and std[0] == 0 and math.isnan(std[1])
-    a, b = curve_readings(curves)
+    a, b = curve_readings(curve_rows(curves))
     assert (a["val_acc_best"], a["val_acc_best_epoch"], a["val_acc_last"]) == pytest.approx((0.65, 2, 0.6))
     assert (a["val_loss_best"], a["val_loss_best_epoch"], a["val_loss_last"]) == pytest.approx((1.05, 2, 1.45))
     assert (a["train_loss_last"], a["train_loss_epochs"]) == pytest.approx((0.7, 3))
@@ -155,7 +155,8 @@ def test_curve_readings_find_each_variants_peak_and_last_epoch_over_its_runs():
 
 
 def test_a_several_seed_summary_with_nothing_testable_says_so(tmp_path):
-    runs = [run("model=a", 0, 0.50), run("model=a", 1, 0.52), run("model=b", 0, 0.70), run("model=b", 1, None, "failed")]
+    runs = [run("model=a", 0, 0.50), run("model=a", 1, 0.52), run("model=b", 0, 0.70),
+            run("model=b", 1, None, "failed")]
     markdown = summary_markdown(tmp_path, variant_rows(runs, None), runs)
     assert "Nothing is tested: Welch's t-test needs at least 2 seeds" in markdown and "Test: Welch" not in markdown
     assert "| model=b | completed/failed | 1 | 0.7000 |" in markdown and "| untested (n < 2 or no spread) |" in markdown
@@ -165,9 +166,10 @@ def test_curve_readings_take_the_first_epoch_of_a_tie_and_mark_diverged_variants
     curves = {"val/acc": {"lr=0.01": [[0.1, 0.3, 0.3]], "lr=1e8": [[0.1, 0.1]]},
               "val/loss": {"lr=0.01": [[2.0, 1.5, 1.5]], "lr=1e8": [[7e18, 7e18]]},
               "train/loss_epoch": {"lr=0.01": [[2.1, 1.6, 1.4]], "lr=1e8": [[6.7e18, 9e26]]}}
-    readings = curve_readings(curves)
+    readings = curve_readings(curve_rows(curves))
     assert [(r["val_acc_best_epoch"], r["val_loss_best_epoch"]) for r in readings] == [(2, 2), (1, 1)]
-    markdown = summary_markdown(tmp_path, [], [], readings=readings, diverged_runs={"lr=1e8": "1 of 1"})
+    runs = [run("lr=0.01", 0, 0.3), run("lr=1e8", 0, 0.1, status="diverged")]
+    markdown = summary_markdown(tmp_path, variant_rows(runs, None), runs, readings=readings)
     assert "| lr=0.01 | 0.3000 (2) | 0.3000 | 1.5000 (2) | 1.5000 | 1.4000 | 3 |" in markdown
     assert "| lr=1e8 (1 of 1 diverged) | 0.1000 (1) | 0.1000 | 7.000e+18 (1) | 7.000e+18 | 9.000e+26 | 2 |" in markdown
 
