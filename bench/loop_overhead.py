@@ -32,14 +32,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cifar_ablate import run, training  # noqa: E402
+from cifar_ablate import config, training  # noqa: E402
 from compare_loops import normalized  # noqa: E402
 
 
 def lenet_setup(root: str, steps: int, batch_size: int = 64):
     """LeNet's config for `steps` training batches of `batch_size` on the CPU, its data module (loaded), and the training
     split pre-normalized for the bare loop, as compare_loops.py's: (cfg, datamodule, images, labels)."""
-    with initialize_config_dir(run.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config.CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", ["model=lenet", f"data.batch_size={batch_size}", "data.val_size=0", "trainer.limit_val_batches=0",
                                  "trainer.accelerator=cpu", f"trainer.limit_train_batches={steps}",
                                  "trainer.max_epochs=1", f"data.root={Path(root).resolve()}",

@@ -8,10 +8,11 @@ mistyped override is reported in about a second, not after several seconds of im
 """
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cifar_ablate.errors import ConfigError
 
@@ -20,6 +21,15 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
+
+# The config tree lives beside the package (conf/ at the repo root); an absolute path is a file path to Hydra.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def where_and_how_keys() -> set[str]:
+    """The keys that say where and how a run executes, not what it computes (never part of a run's name)."""
+    return set(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+
 
 Loader = Enum("Loader", {name: name for name in ("tensor", "torch")})
 

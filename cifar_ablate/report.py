@@ -18,7 +18,6 @@ elsewhere. Writes into the sweep dir:
 """
 import argparse
 import csv
-import json
 import logging
 import math
 import re
@@ -31,10 +30,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from cifar_ablate.errors import ConfigError
+from cifar_ablate.run_record import RESULT_STATUSES, read_metrics
 
 RUN_COLUMNS = ("run", "status", "seed", "test_acc", "best_val_acc", "test_loss", "epochs", "train_seconds")
-RESULT_STATUSES = ("completed", "diverged")  # a diverged run is a result (its accuracy counts)
-RESULT_KEYS = ("test_acc", "best_val_acc", "epochs", "train_seconds")  # what the report reads of a result
 ALPHA = 0.05
 # The per-epoch values the report reads from each run's log, and their names in curves.csv.
 CURVE_TAGS = {"val/acc": "val_acc", "val/loss": "val_loss", "train/loss_epoch": "train_loss"}
@@ -49,26 +47,6 @@ CUSTOM_SCALARS_LAYOUT = {"cifar_ablate": {
 def run_dirs(sweep_dir: Path) -> list[Path]:
     """Every run of a sweep: the sub-folders Hydra gave a .hydra config."""
     return sorted(p.parent for p in Path(sweep_dir).glob("*/.hydra"))
-
-
-def read_metrics(run_dir: Path) -> Optional[dict]:
-    """A run's metrics.json; None when it has none (still running, or stopped before the end). A file that is
-    not a whole record (cut short by a full disk, edited by hand) reads as status "unreadable", so the report
-    lists it and a rerun of the sweep trains that run again."""
-    path = run_dir / "metrics.json"
-    if not path.exists():
-        return None
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return {"status": "unreadable", "error": f"metrics.json: {e}"}
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("status"), str):
-        return {"status": "unreadable", "error": "metrics.json: no status"}
-    lacking = [k for k in RESULT_KEYS if k not in metrics] if metrics["status"] in RESULT_STATUSES else []
-    if lacking:
-        return {"status": "unreadable",
-                "error": f"metrics.json: a {metrics['status']} run without {', '.join(lacking)}"}
-    return metrics
 
 
 def _job_num(run_dir: Path) -> int:

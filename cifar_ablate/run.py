@@ -3,9 +3,7 @@
 `python -m cifar_ablate [overrides]` enters at `cli`; with `-m` Hydra calls `main` once per sweep point.
 Nothing here imports torch or Lightning at load: a config error is reported before those imports.
 """
-import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -18,13 +16,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
-from lightning_utilities.core.rank_zero import rank_zero_only  # Lightning's own, without importing Lightning
 from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import InterpolationResolutionError
 
-from cifar_ablate.config import check_config
+from cifar_ablate.config import CONFIG_DIR, check_config, where_and_how_keys
 from cifar_ablate.errors import CheckpointError, ConfigError, UserError
-from cifar_ablate.report import RESULT_STATUSES, name_items, read_metrics
+from cifar_ablate.report import name_items
+from cifar_ablate.run_record import RESULT_STATUSES, check_same_run, read_metrics, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +68,24 @@ class OutputDirCheck(HydraCallback):
             print(f"error: {key}: cannot write the output dir ({reason}); pass a writable {key}=<dir>",
                   file=sys.stderr)
             sys.exit(2)
+
+
+def refuse_other_run(run_dir: Path, cfg: DictConfig) -> None:
+    """One line and exit 2 when `run_dir` holds a result or a checkpoint of another config; its files stay."""
+    try:
+        check_same_run(run_dir, cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+class SameRunCheck(HydraCallback):
+    """A single run into a dir that holds another config's run is refused here, before Hydra rewrites the dir's
+    .hydra/ with this command's config (from which `resume=<run dir>` reads the run's overrides). A sweep's runs
+    are checked in `main`: Hydra composes their configs only as it launches them."""
+
+    def on_run_start(self, config: DictConfig, **kwargs):
+        refuse_other_run(Path(OmegaConf.select(config, "hydra.run.dir")).absolute(), config)  # as Hydra's output_dir
 
 
 def fresh_dir(path: str) -> str:
@@ -121,21 +137,6 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=True)
 
 
-def write_json_whole(path: Path, content: dict, **dumps_options) -> None:
-    """Write `path` whole or not at all: a reader never sees a half-written file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, allow_nan=False, **dumps_options) + "\n")
-    os.replace(tmp, path)
-
-
-@rank_zero_only  # under SLURM with trainer=ddp every task runs the job; only rank 0 records the run
-def write_metrics(run_dir: Path, content: dict) -> None:
-    """Write the run's metrics.json whole. NaN and inf become null (strict JSON); a diverged run says so in its
-    status. Lightning must have been imported: it sets the rank this reads."""
-    content = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in content.items()}
-    write_json_whole(run_dir / "metrics.json", content, indent=2)
-
-
 def run_identity(cfg: DictConfig) -> dict:
     """What every metrics.json says about which run it is, completed or failed."""
     hydra_cfg = HydraConfig.get()
@@ -146,53 +147,6 @@ def objective(metrics: dict) -> Optional[float]:
     return metrics["best_val_acc"] if metrics["status"] == "completed" else None
 
 
-# The config tree lives beside the package (conf/ at the repo root); an absolute path is a file path to Hydra.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-# What a run computes, kept from its first start: Hydra rewrites .hydra/ whenever a command runs into the dir.
-RUN_CONFIG = "run_config.json"
-
-
-def where_and_how_keys() -> set[str]:
-    """The keys that say where and how a run executes, not what it computes (never part of a run's name)."""
-    return set(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
-
-
-def what_it_computes(cfg: DictConfig) -> dict:
-    """The run's config as dotted keys, without the where-and-how keys and the report's baseline. Unresolved,
-    so a default that depends on the device (the trainer's precision) reads the same on a GPU and a CPU."""
-    flat = {}
-
-    def walk(node, prefix: str):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = node
-    walk(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True), "")
-    skip = where_and_how_keys() | {"baseline"}
-    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
-
-
-def check_same_config(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuse to skip or resume a run whose dir holds one of another config: a sweep rerun into its dir with a
-    setting changed (trainer.max_epochs=3) would otherwise report the old results under the new settings."""
-    path = run_dir / RUN_CONFIG
-    if not path.exists():  # started before cifar_ablate kept it
-        return
-    saved, now = json.loads(path.read_text()), what_it_computes(cfg)
-    differ = sorted(k for k in saved.keys() | now.keys() if k not in saved or k not in now or saved[k] != now[k])
-    if differ:
-        shown = ", ".join(f"{k}: {saved.get(k, 'unset')} there, {now.get(k, 'unset')} now" for k in differ[:3])
-        raise ConfigError(f"{run_dir}: holds a run of another config ({shown}{', ...' if len(differ) > 3 else ''}); "
-                          "use a new run or sweep dir, or delete this run's dir to train it with this config",
-                          keys=tuple(differ))
-
-
-@rank_zero_only
-def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
-    write_json_whole(run_dir / RUN_CONFIG, what_it_computes(cfg), indent=1, sort_keys=True)
-
-
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> Optional[float]:
     """Returns the objective a sweeper (Optuna) optimizes: the run's best validation accuracy, or None when
@@ -200,17 +154,10 @@ def main(cfg: DictConfig) -> Optional[float]:
     (Not NaN: hydra-optuna-sweeper 1.3.0.dev0 then tells Optuna a failure with a value and crashes.)"""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # a single run's dir was checked by SameRunCheck
+        refuse_other_run(run_dir, cfg)  # another config's run stays as it is, and the sweep stops
     previous = read_metrics(run_dir)
-    is_result = previous is not None and previous["status"] in RESULT_STATUSES
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    resuming = checkpoint.exists()
-    if is_result or resuming:
-        try:
-            check_same_config(run_dir, cfg)
-        except ConfigError as e:  # this dir's run is not this config's: leave it as it is, in a sweep too
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-    if is_result:
+    if previous is not None and previous["status"] in RESULT_STATUSES:
         # Re-running a sweep into its dir redoes only what has no result yet.
         log.info("%s: already %s, skipping (delete its metrics.json to rerun)", run_dir.name, previous["status"])
         return objective(previous)
@@ -223,7 +170,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     from cifar_ablate import training
     from cifar_ablate.checkpointing import ResumeCheckpoint
     progress = training.RunProgress(print_lines=False)
-    resume = ResumeCheckpoint(checkpoint)
+    resume = ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt")
     try:
         metrics = {**training.train(cfg, run_dir, progress, resume), **run_identity(cfg)}
     except UserError as e:

@@ -28,7 +28,7 @@ from cifar_ablate.data import CIFAR10DataModule
 from cifar_ablate.errors import ConfigError
 from cifar_ablate.penalty import WeightPenalty
 from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
-from cifar_ablate.run import write_run_config
+from cifar_ablate.run_record import write_run_config
 from cifar_ablate.weight_init import init_weights
 
 log = logging.getLogger(__name__)

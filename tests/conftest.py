@@ -79,7 +79,7 @@ def compose_config():
     from hydra import compose, initialize_config_dir
 
     import cifar_ablate.config  # noqa: F401  (registers the schema)
-    from cifar_ablate.run import CONFIG_DIR
+    from cifar_ablate.config import CONFIG_DIR
 
     def _compose(overrides=(), return_hydra_config=False):
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

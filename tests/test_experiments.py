@@ -59,7 +59,7 @@ PRESETS = {
 
 
 def test_every_preset_file_is_covered():
-    from cifar_ablate.run import CONFIG_DIR
+    from cifar_ablate.config import CONFIG_DIR
     from pathlib import Path
     assert sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")) == sorted(PRESETS)
 

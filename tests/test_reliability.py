@@ -188,6 +188,21 @@ def test_a_sweep_rerun_into_its_dir_with_another_setting_is_refused_and_leaves_t
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already completed, skipping") == 2
 
 
+def test_a_run_refused_for_another_config_keeps_its_hydra_record_so_resume_still_reads_its_overrides(tmp_path,
+                                                                                                     cifar_root):
+    """The check comes before Hydra rewrites the dir's .hydra/: resume=<run dir> reads the run's overrides there."""
+    args = [f"data.root={cifar_root}", *FAST, "hydra.run.dir=run"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    hydra_record = {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()}
+    changed = run_cli(*args, "optimizer.lr=0.05", cwd=tmp_path)
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1
+    assert changed.stderr.startswith(f"error: {tmp_path / 'run'}: holds a run of another config (optimizer.lr: 0.01 "
+                                     "there, 0.05 now)")
+    assert {p.name: p.read_text() for p in (tmp_path / "run" / ".hydra").iterdir()} == hydra_record
+    resumed = run_cli("resume=run", cwd=tmp_path)
+    assert resumed.returncode == 0 and "run: already completed, skipping" in resumed.stdout + resumed.stderr
+
+
 def test_a_sweep_whose_output_reader_goes_away_still_completes_its_runs(tmp_path, cifar_root):
     """`python -m cifar_ablate ... | head -1`: the rest of the output is dropped, not the runs."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}

@@ -1,0 +1,98 @@
+"""What a run dir records of its own, beside Hydra's `.hydra/`: `metrics.json`, the run's result (or why
+it has none), and `run_config.json`, what the run computes as of its first start. Both are written whole.
+Also the check that a command run into a dir holding a result or a checkpoint is that same run.
+
+Imports neither torch nor Lightning: `run` checks a rerun before those load.
+"""
+import json
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+from lightning_utilities.core.rank_zero import rank_zero_only  # Lightning's own, without importing Lightning
+from omegaconf import DictConfig, OmegaConf
+
+from cifar_ablate.config import where_and_how_keys
+from cifar_ablate.errors import ConfigError
+
+RESULT_STATUSES = ("completed", "diverged")  # a diverged run is a result (its accuracy counts)
+RESULT_KEYS = ("test_acc", "best_val_acc", "epochs", "train_seconds")  # what the report reads of a result
+# Kept from the run's first start: Hydra rewrites .hydra/ whenever a command runs into the dir.
+RUN_CONFIG = "run_config.json"
+
+
+def write_json_whole(path: Path, content: dict, **dumps_options) -> None:
+    """Write `path` whole or not at all: a reader never sees a half-written file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, allow_nan=False, **dumps_options) + "\n")
+    os.replace(tmp, path)
+
+
+@rank_zero_only  # under SLURM with trainer=ddp every task runs the job; only rank 0 records the run
+def write_metrics(run_dir: Path, content: dict) -> None:
+    """Write the run's metrics.json whole. NaN and inf become null (strict JSON); a diverged run says so in its
+    status. Lightning must have been imported: it sets the rank this reads."""
+    content = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in content.items()}
+    write_json_whole(run_dir / "metrics.json", content, indent=2)
+
+
+def read_metrics(run_dir: Path) -> Optional[dict]:
+    """A run's metrics.json; None when it has none (still running, or stopped before the end). A file that is
+    not a whole record (cut short by a full disk, edited by hand) reads as status "unreadable", so the report
+    lists it and a rerun of the sweep trains that run again."""
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {"status": "unreadable", "error": f"metrics.json: {e}"}
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("status"), str):
+        return {"status": "unreadable", "error": "metrics.json: no status"}
+    lacking = [k for k in RESULT_KEYS if k not in metrics] if metrics["status"] in RESULT_STATUSES else []
+    if lacking:
+        return {"status": "unreadable",
+                "error": f"metrics.json: a {metrics['status']} run without {', '.join(lacking)}"}
+    return metrics
+
+
+def what_it_computes(cfg: DictConfig) -> dict:
+    """The run's config as dotted keys, without the where-and-how keys, the report's baseline and Hydra's own
+    settings. Unresolved, so a default that depends on the device (the trainer's precision) reads the same on a
+    GPU and a CPU."""
+    flat = {}
+
+    def walk(node, prefix: str):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+    walk(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True), "")
+    skip = where_and_how_keys() | {"baseline", "hydra"}
+    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
+
+
+@rank_zero_only
+def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
+    write_json_whole(run_dir / RUN_CONFIG, what_it_computes(cfg), indent=1, sort_keys=True)
+
+
+def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse to skip or resume a run whose dir holds one of another config: a sweep rerun into its dir with a
+    setting changed (trainer.max_epochs=3) would otherwise report the old results under the new settings.
+    A dir without a result or a checkpoint is a fresh start, whatever it holds."""
+    previous = read_metrics(run_dir)
+    holds_a_run = ((previous is not None and previous["status"] in RESULT_STATUSES)
+                   or (run_dir / "checkpoints" / "last.ckpt").exists())
+    path = run_dir / RUN_CONFIG
+    if not holds_a_run or not path.exists():  # no run_config.json: started before cifar_ablate kept it
+        return
+    saved, now = json.loads(path.read_text()), what_it_computes(cfg)
+    differ = sorted(k for k in saved.keys() | now.keys() if k not in saved or k not in now or saved[k] != now[k])
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k, 'unset')} there, {now.get(k, 'unset')} now" for k in differ[:3])
+        raise ConfigError(f"{run_dir}: holds a run of another config ({shown}{', ...' if len(differ) > 3 else ''}); "
+                          "use a new run or sweep dir, or delete this run's dir to train it with this config",
+                          keys=tuple(differ))
