@@ -82,6 +82,9 @@ class Classifier(L.LightningModule):
                  channels_last: bool = True):
         super().__init__()
         self.model = torch.compile(model, mode=compile_mode) if compile_model else model
+        if not compile_model:  # compiling for this shape as well would cost seconds
+            # Lightning's model summary runs it through the model for each layer's sizes and FLOPs (else "0 FLOPs").
+            self.example_input_array = torch.zeros(1, 3, 32, 32)
         self.channels_last = channels_last
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval

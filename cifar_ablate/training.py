@@ -7,6 +7,7 @@ import gc
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -33,11 +34,43 @@ from cifar_ablate.weight_init import init_weights
 
 log = logging.getLogger(__name__)
 
-# The `lightning` package gives its logger a console handler of its own, and Hydra's root handlers (the
-# console and run.log) get every line too: printed twice. Where Hydra has set up logging, keep only Hydra's.
-if logging.getLogger().hasHandlers():
-    for handler in logging.getLogger("lightning").handlers[:]:
-        logging.getLogger("lightning").removeHandler(handler)
+
+class DropLines(logging.Filter):
+    """Drops a logger's records whose message contains one of `parts`."""
+
+    def __init__(self, *parts: str):
+        super().__init__()
+        self.parts = parts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(part in record.getMessage() for part in self.parts)
+
+
+# Lines Lightning prints that say nothing true or useful about a run here.
+LIGHTNING_NOISE = {
+    "lightning.pytorch.utilities.rank_zero": ("💡 Tip: ",),  # an advertisement, at every fit
+    # A Ctrl+C reaches Lightning as SIGTERM (checkpointing.ROUTED_TO_SIGTERM); run.main names the real signal.
+    "lightning.pytorch.trainer.connectors.signal_connector": ("Received SIGTERM",),
+}
+WARNING_NOISE = (
+    r"Checkpoint directory .* exists and is not empty",  # the run's own last.ckpt, which a resume continues
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning, for the torch it runs on
+)
+
+
+def quiet_lightning() -> None:
+    """Each line once, and none of Lightning's noise. Safe to call for every run of a sweep."""
+    # The `lightning` package gives its logger a console handler of its own, and Hydra's root handlers (the
+    # console and run.log) get every line too: printed twice. Where Hydra has set up logging, keep only Hydra's.
+    if logging.getLogger().hasHandlers():
+        for handler in logging.getLogger("lightning").handlers[:]:
+            logging.getLogger("lightning").removeHandler(handler)
+    for name, parts in LIGHTNING_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropLines) for f in logger.filters):
+            logger.addFilter(DropLines(*parts))
+    for message in WARNING_NOISE:
+        warnings.filterwarnings("ignore", message=message)  # an identical filter replaces the earlier one
 
 
 class RunProgress(Callback):
@@ -145,6 +178,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         gc.collect()  # the previous trial's tensors, held in reference cycles
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     classifier = build_classifier(cfg)  # model weights drawn right after seeding
     try:  # torch checks an optimizer's values (betas, eps, ...) only when it is built, which Lightning does mid-fit

@@ -50,6 +50,10 @@ def test_single_run_writes_metrics_and_tensorboard_logs(tmp_path, cifar_root):
     # Lightning's lines once, through Hydra's logging, which also writes them to run.log.
     assert (result.stdout + result.stderr).count("GPU available: False") == 1
     assert "GPU available: False" in (run_dir / "run.log").read_text()
+    # None of Lightning's noise; its model summary counts LeNet's forward FLOPs for one image (it read 0).
+    output = result.stdout + result.stderr
+    assert "Tip:" not in output and "LeafSpec" not in output
+    assert re.search(r"Total FLOPs: 1\.3 M", output), output[-3000:]
 
 
 def test_sweep_over_three_models(tmp_path, cifar_root):

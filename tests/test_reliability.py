@@ -75,6 +75,7 @@ def test_a_run_stopped_by_a_signal_saves_mid_epoch_and_resumes_bit_identically(t
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"{run_dir}: stopped by {signame} in epoch 2 (1 finished); {run_dir / 'checkpoints' / 'last.ckpt'} saved; "
         f"to continue: python -m cifar_ablate resume={run_dir}")
+    assert "Received SIGTERM" not in stopped.stdout + stopped.stderr  # Lightning's word for it, wrong for SIGINT
     interrupted = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
     assert (interrupted["status"], interrupted["signal"], interrupted["epoch"]) == ("interrupted", signame, 1)
     saved = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -87,6 +88,7 @@ def test_a_run_stopped_by_a_signal_saves_mid_epoch_and_resumes_bit_identically(t
     else:
         resumed = run_cli(*args, "hydra.run.dir=stopped", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert "exists and is not empty" not in resumed.stdout + resumed.stderr  # the run's own checkpoint dir
     a = json.loads((whole / "metrics.json").read_text())
     b = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
     assert b["status"] == "completed" and b["epochs"] == 3
