@@ -82,9 +82,7 @@ class Classifier(L.LightningModule):
                  channels_last: bool = True):
         super().__init__()
         self.model = torch.compile(model, mode=compile_mode) if compile_model else model
-        if not compile_model:  # compiling for this shape as well would cost seconds
-            # Lightning's model summary runs it through the model for each layer's sizes and FLOPs (else "0 FLOPs").
-            self.example_input_array = torch.zeros(1, 3, 32, 32)
+        self.compiled = compile_model
         self.channels_last = channels_last
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval
@@ -100,6 +98,15 @@ class Classifier(L.LightningModule):
         self.val_acc_best.persistent(True)  # TrainingMeans' states are persistent already
         # A buffer, so it travels with the weights (back from DDP workers, into checkpoints).
         self.register_buffer("diverged", torch.tensor(False))
+
+    @property
+    def example_input_array(self) -> Optional[torch.Tensor]:
+        """One image, which Lightning's model summary runs through the model for each layer's sizes and FLOPs
+        (else it shows 0 FLOPs). In the weights' dtype, read when the summary runs: trainer.precision=bf16-true
+        has cast them by then. None for a compiled model, which would compile for this shape as well."""
+        if self.compiled:
+            return None
+        return torch.zeros(1, 3, 32, 32, dtype=next(self.model.parameters()).dtype)
 
     def on_fit_start(self):
         # Channels-last lets cuDNN pick its fastest convolutions; on CPU it only adds copies.

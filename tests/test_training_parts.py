@@ -295,3 +295,22 @@ def test_step_values_are_logged_on_the_steps_the_logger_writes(compose_config, t
         written = {int(row["step"]): float(row["train/loss_step"]) for row in csv.DictReader(f) if row["train/loss_step"]}
     assert sorted(written) == list(range(2, 26, 3))
     assert logged == pytest.approx(written)
+
+
+def test_the_model_summary_counts_flops_with_an_image_in_the_weights_dtype(compose_config, monkeypatch):
+    """Lightning's summary runs example_input_array through the model (else it shows 0 FLOPs). Under bf16-true a
+    float32 image stopped the run before its first step; a compiled model gets none (it would compile for it)."""
+    from lightning.pytorch.plugins.precision import HalfPrecision
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+    flops = {}
+    for precision in ("32-true", "bf16-true"):
+        classifier = build_classifier(compose_config(["model=lenet"]))
+        if precision != "32-true":
+            classifier = HalfPrecision(precision).convert_module(classifier)
+        flops[precision] = ModelSummary(classifier).total_flops
+    # LeNet on one image: conv1 6x28x28 outputs of 3x5x5 and conv2 16x10x10 of 6x5x5 multiply-adds, then the
+    # three linear layers; 2 FLOPs per multiply-add.
+    assert flops["32-true"] == flops["bf16-true"] == 2 * (6 * 28 * 28 * 75 + 16 * 10 * 10 * 150
+                                                          + 400 * 120 + 120 * 84 + 84 * 10)
+    monkeypatch.setattr(torch, "compile", lambda model, mode: model)
+    assert build_classifier(compose_config(["model=lenet", "compile=true"])).example_input_array is None
