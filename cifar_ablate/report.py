@@ -6,7 +6,7 @@ Hydra runs it when a sweep ends (the SweepSummary callback). It reads only what 
 (metrics.json, .hydra/, and their TensorBoard or CSV logs), so it also works on a sweep dir copied
 elsewhere. Writes into the sweep dir:
 
-- summary.md / summary.csv: one row per variant (runs that differ only in `seed`); with several seeds,
+- summary.md / summary.csv: one row per variant (runs that differ only in `seed`, each seed counted once); with several seeds,
   mean ± std and n, and Welch's t-test of each variant's test accuracy against the baseline's, the
   verdict on Holm's adjustment of those p-values (several variants, one study);
 - runs.csv: one row per run, failed, unfinished (no metrics.json yet) and unreadable runs included;
@@ -62,7 +62,30 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
         metrics = read_metrics(run_dir) or {"status": "unfinished"}
         # Hydra's job number of the latest launch, also for runs a rerun skipped (their metrics.json keeps theirs).
         rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), **metrics, "job_num": _job_num(run_dir)})
-    return sorted(rows, key=lambda r: (r["job_num"], r["run"]))
+    rows.sort(key=lambda r: (r["job_num"], r["run"]))
+    mark_repeated_seeds(rows)
+    return rows
+
+
+def mark_repeated_seeds(runs: list[dict]) -> None:
+    """A variant's seed counts once. A result with the variant and seed of an earlier one gets `repeats`, that
+    run's name, and is left out of the statistics and curves: rerunning a one-seed sweep into its dir with
+    `seed=0,1,2` trains seed 0 again as `...,seed=0` beside the old run, and counting both would inflate n
+    with a copy (on the CPU an exact one) and shrink the spread the test reads."""
+    first: dict[tuple, str] = {}
+    for r in runs:
+        if r.get("status") not in RESULT_STATUSES or r.get("seed") is None:
+            continue
+        key = (r["variant"], r["seed"])
+        if key in first:
+            r["repeats"] = first[key]
+        else:
+            first[key] = r["run"]
+
+
+def counted(run: dict) -> bool:
+    """A result that the statistics and curves count: completed or diverged, and not a repeated seed."""
+    return run.get("status") in RESULT_STATUSES and not run.get("repeats")
 
 
 def name_items(run_name: str) -> list[str]:
@@ -125,13 +148,13 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
             raise ConfigError(f"baseline={baseline}: no variant of this sweep has that name "
                               f"(its variants: {', '.join(variants)})")
         baseline = same[0]
-    accuracy = {v: [r["test_acc"] for r in rs if r.get("status") in RESULT_STATUSES and r.get("test_acc") is not None]
+    accuracy = {v: [r["test_acc"] for r in rs if counted(r) and r.get("test_acc") is not None]
                 for v, rs in variants.items()}
     p_values = {v: math.nan if v == baseline else welch_p(accuracy[v], accuracy[baseline]) for v in variants}
     adjusted = holm(p_values)
     rows = []
     for variant, rs in variants.items():
-        results = [r for r in rs if r.get("status") in RESULT_STATUSES]
+        results = [r for r in rs if counted(r)]
         test_mean, test_std = _mean_std(accuracy[variant])
         val_mean, val_std = _mean_std([r["best_val_acc"] for r in results if r.get("best_val_acc") is not None])
         p, p_holm = p_values[variant], adjusted[variant]
@@ -139,7 +162,7 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
         rows.append({
             "variant": variant, "baseline": variant == baseline, "n": len(accuracy[variant]), "runs": len(rs),
             "status": "/".join(statuses),
-            "diverged": sum(r["status"] == "diverged" and r.get("test_acc") is not None for r in rs),  # among n
+            "diverged": sum(r["status"] == "diverged" and r.get("test_acc") is not None for r in results),  # among n
             "test_acc_mean": test_mean, "test_acc_std": test_std,
             "best_val_acc_mean": val_mean, "best_val_acc_std": val_std,
             "delta_vs_baseline": test_mean - _mean_std(accuracy[baseline])[0],
@@ -202,6 +225,10 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
     if not_results:
         lines += ["", "Runs without a result: " + ", ".join(
             f"{r['run']} ({r.get('status')}{': ' + r['error'] if r.get('error') else ''})" for r in not_results)]
+    repeats = [r for r in runs if r.get("repeats")]
+    if repeats:
+        lines += ["", "Not counted, as a seed counts once per variant: " + ", ".join(
+            f"{r['run']} (seed {r['seed']} again, as {r['repeats']})" for r in repeats)]
     if readings:
         lines += ["", "## Curves", "", "Each variant's per-epoch mean over its runs with a result, as the figures "
                   "draw it (every epoch in curves.csv), so its peak can sit below best_val_acc above, the mean of "
@@ -415,7 +442,7 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
         variants, note = variant_rows(runs, None), f"{e}; compared against the first variant instead."
     note = " ".join(n for n in (note, limits_note(sweep_dir)) if n) or None
     with open(sweep_dir / "runs.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=("variant",) + RUN_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=("variant",) + RUN_COLUMNS + ("repeats",), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(runs)
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
@@ -426,7 +453,7 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
     curves: dict[str, dict[str, list]] = {tag: {} for tag in CURVE_TAGS}
     diverged: dict[str, dict[str, int]] = {tag: {} for tag in curves}  # among the runs each figure draws
     for r in runs:
-        if r.get("status") not in RESULT_STATUSES:  # a failed or unfinished run's partial curve is no result
+        if not counted(r):  # a failed or unfinished run's partial curve is no result; a repeated seed a copy
             continue
         run_curves = read_curves(sweep_dir / r["run"])
         for tag in curves:

@@ -214,3 +214,33 @@ def test_runs_limited_to_part_of_a_split_are_flagged_at_the_top_of_the_summary(t
             "their epochs, accuracies and losses are not those of the full study.") in markdown
     (tmp_path / runs[0]["run"] / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 1\n")
     assert "Note:" not in write_report(tmp_path)[2]
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # these hand-made runs have no curves to draw
+def test_a_seed_trained_again_under_a_new_name_counts_once(tmp_path):
+    import csv
+    import json
+
+    from cifar_ablate.report import write_report
+
+    # A one-seed sweep (model=a, model=b: seed 0), then the same sweep rerun into its dir with seed=0,1: seed 0
+    # trains again as model=a,seed=0 (on the CPU to the same digits), beside the first runs.
+    first = [(0, "model=a", 0, 0.50), (1, "model=b", 0, 0.60)]
+    again = [(0, "model=a,seed=0", 0, 0.50), (1, "model=a,seed=1", 1, 0.56), (2, "model=b,seed=0", 0, 0.60),
+             (3, "model=b,seed=1", 1, 0.64)]
+    for num, name, seed, acc in first + again:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"status": "completed", "test_acc": acc, "best_val_acc": acc, "epochs": 1, "train_seconds": 1.0,
+             "seed": seed}))
+    variants, _, markdown = write_report(tmp_path)
+    rows = {v["variant"]: v for v in variants}
+    assert (rows["model=a"]["n"], rows["model=a"]["runs"]) == (2, 3)
+    assert rows["model=a"]["test_acc_mean"] == pytest.approx(0.53)  # (0.50 + 0.56) / 2, not (0.50 * 2 + 0.56) / 3
+    assert rows["model=b"]["test_acc_std"] == pytest.approx(math.sqrt(2 * 0.02 ** 2))
+    assert ("Not counted, as a seed counts once per variant: model=a,seed=0 (seed 0 again, as model=a), "
+            "model=b,seed=0 (seed 0 again, as model=b)") in markdown
+    with open(tmp_path / "runs.csv") as f:
+        repeats = {r["run"]: r["repeats"] for r in csv.DictReader(f)}
+    assert repeats["model=a,seed=0"] == "model=a" and repeats["model=a"] == repeats["model=a,seed=1"] == ""
