@@ -89,3 +89,63 @@ def test_every_variant_of_every_preset_builds(compose_config, name):
         cfg = compose_config([f"+experiment={name}"] + [f"{k}={v}" for k, v in zip(keys, values)])
         check_config(cfg)
         build_classifier(cfg)
+
+
+def _options(group):
+    from pathlib import Path
+
+    from cifar_ablate.config import CONFIG_DIR
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def _values_set_by(group, option):
+    """The dotted keys and values a group option's YAML sets (after the options of its group it builds on),
+    where its package puts them."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from cifar_ablate.config import CONFIG_DIR
+    text = (Path(CONFIG_DIR) / group / f"{option}.yaml").read_text()
+    node = OmegaConf.to_container(OmegaConf.create(text))
+    flat = {}
+    for parent in node.pop("defaults", []):  # e.g. onecycle_0.4: [onecycle]
+        flat.update(_values_set_by(group, parent))
+    if "# @package _global_" not in text:
+        node = {group: node}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            (walk(v, f"{prefix}{k}.") if isinstance(v, dict) else flat.__setitem__(f"{prefix}{k}", v))
+    walk(node, "")
+    return flat
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_a_regularization_chosen_on_top_of_a_preset_is_the_one_that_trains(compose_config, name):
+    """`+experiment=batchnorm regularization=weight_decay` once trained with the preset's weight decay (1e-4)
+    while the run's name and choices said 5e-4: a preset's fixed settings are group options, so a choice
+    given on the command line replaces them, and no preset value overrides it behind its name."""
+    from omegaconf import OmegaConf
+    swept = set(PRESETS[name][0])
+    for option in _options("regularization"):
+        cfg = compose_config([f"+experiment={name}", f"regularization={option}"])
+        for key, value in _values_set_by("regularization", option).items():
+            if key not in swept:
+                assert OmegaConf.select(cfg, key) == value, (option, key)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_with_any_optimizer_or_scheduler_in_place_of_its_own(compose_config, name):
+    """A preset sets no keys that only its own optimizer or scheduler class takes (Adam has no momentum,
+    ExponentialLR no step_size), so `+experiment=batchnorm optimizer=adam` builds Adam with Adam's settings."""
+    from cifar_ablate.config import check_config
+    from cifar_ablate.training import build_classifier
+    for group in ("optimizer", "scheduler"):
+        for option in _options(group):
+            cfg = compose_config([f"+experiment={name}", f"{group}={option}"])
+            own = {k.split(".", 1)[1] for k in _values_set_by(group, option)}
+            assert set(cfg[group]) == own, option  # no keys of another class injected
+            check_config(cfg)
+            classifier = build_classifier(cfg)
+            classifier.optimizer_factory(classifier.parameters())  # torch checks an optimizer's keywords here
