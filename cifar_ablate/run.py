@@ -21,7 +21,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from cifar_ablate.config import CONFIG_DIR, check_config, where_and_how_keys
 from cifar_ablate.errors import CheckpointError, ConfigError, UserError
-from cifar_ablate.report import name_items
+from cifar_ablate.report import name_items, run_dirs, variant_of
 from cifar_ablate.run_record import RESULT_STATUSES, check_same_run, read_metrics, write_metrics
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,11 @@ class OutputDirCheck(HydraCallback):
             sys.exit(2)
 
 
-def refuse_other_run(run_dir: Path, cfg: DictConfig) -> None:
-    """One line and exit 2 when `run_dir` holds a result or a checkpoint of another config; its files stay."""
+def refuse_other_run(run_dir: Path, cfg: DictConfig, variant_runs: tuple = ()) -> None:
+    """One line and exit 2 when `run_dir`, or another run of its variant, holds a result or a checkpoint of another
+    config; their files stay."""
     try:
-        check_same_run(run_dir, cfg)
+        check_same_run(run_dir, cfg, variant_runs)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -155,7 +156,9 @@ def main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a single run's dir was checked by SameRunCheck
-        refuse_other_run(run_dir, cfg)  # another config's run stays as it is, and the sweep stops
+        variant = variant_of(run_dir.name)
+        siblings = tuple(d for d in run_dirs(run_dir.parent) if d.name != run_dir.name and variant_of(d.name) == variant)
+        refuse_other_run(run_dir, cfg, siblings)  # another config's run stays as it is, and the sweep stops
     previous = read_metrics(run_dir)
     if previous is not None and previous["status"] in RESULT_STATUSES:
         # Re-running a sweep into its dir redoes only what has no result yet.

@@ -79,20 +79,41 @@ def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
     write_json_whole(run_dir / RUN_CONFIG, what_it_computes(cfg), indent=1, sort_keys=True)
 
 
-def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
+def _holds_a_run(run_dir: Path) -> bool:
+    previous = read_metrics(run_dir)
+    return ((previous is not None and previous["status"] in RESULT_STATUSES)
+            or (run_dir / "checkpoints" / "last.ckpt").exists())
+
+
+def _config_differences(run_dir: Path, now: dict, ignore: tuple = ()) -> str:
+    """How the config `run_dir`'s run started with differs from `now` ("" when alike, or when the run predates
+    run_config.json), as a few `key: there, now` items."""
+    path = run_dir / RUN_CONFIG
+    if not path.exists():  # started before cifar_ablate kept it
+        return ""
+    saved = json.loads(path.read_text())
+    differ = sorted(k for k in saved.keys() | now.keys()
+                    if k not in ignore and (k not in saved or k not in now or saved[k] != now[k]))
+    shown = ", ".join(f"{k}: {saved.get(k, 'unset')} there, {now.get(k, 'unset')} now" for k in differ[:3])
+    return shown + (", ..." if len(differ) > 3 else "")
+
+
+def check_same_run(run_dir: Path, cfg: DictConfig, variant_runs: tuple = ()) -> None:
     """Refuse to skip or resume a run whose dir holds one of another config: a sweep rerun into its dir with a
     setting changed (trainer.max_epochs=3) would otherwise report the old results under the new settings.
-    A dir without a result or a checkpoint is a fresh start, whatever it holds."""
-    previous = read_metrics(run_dir)
-    holds_a_run = ((previous is not None and previous["status"] in RESULT_STATUSES)
-                   or (run_dir / "checkpoints" / "last.ckpt").exists())
-    path = run_dir / RUN_CONFIG
-    if not holds_a_run or not path.exists():  # no run_config.json: started before cifar_ablate kept it
-        return
-    saved, now = json.loads(path.read_text()), what_it_computes(cfg)
-    differ = sorted(k for k in saved.keys() | now.keys() if k not in saved or k not in now or saved[k] != now[k])
-    if differ:
-        shown = ", ".join(f"{k}: {saved.get(k, 'unset')} there, {now.get(k, 'unset')} now" for k in differ[:3])
-        raise ConfigError(f"{run_dir}: holds a run of another config ({shown}{', ...' if len(differ) > 3 else ''}); "
-                          "use a new run or sweep dir, or delete this run's dir to train it with this config",
-                          keys=tuple(differ))
+    A dir without a result or a checkpoint is a fresh start, whatever it holds.
+
+    `variant_runs`: the other runs of this run's variant in its sweep dir (the same name but for the seed).
+    Each must hold this config but for the seed, or the report would count runs of two settings as one variant:
+    a one-seed sweep rerun into its dir with `seed=0,1` and a setting changed names its new runs `...,seed=0`,
+    beside the old ones."""
+    now = what_it_computes(cfg)
+    shown = _config_differences(run_dir, now) if _holds_a_run(run_dir) else ""
+    if shown:
+        raise ConfigError(f"{run_dir}: holds a run of another config ({shown}); use a new run or sweep dir, or "
+                          "delete this run's dir to train it with this config")
+    for other in variant_runs:
+        shown = _config_differences(other, now, ignore=("seed",)) if _holds_a_run(other) else ""
+        if shown:
+            raise ConfigError(f"{other}: a run of this variant with another config ({shown}), which the report "
+                              "would count with this one; use a new sweep dir, or delete that run's dir")

@@ -190,6 +190,25 @@ def test_a_sweep_rerun_into_its_dir_with_another_setting_is_refused_and_leaves_t
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already completed, skipping") == 2
 
 
+def test_seeds_added_to_a_one_seed_sweep_with_a_setting_changed_are_refused(tmp_path, cifar_root):
+    """The new runs get new names (model=lenet,seed=0 beside model=lenet), so the check of each run's own dir
+    passes; the report would count the old 1-epoch run and the new 2-epoch runs as one variant."""
+    args = [f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep"]
+    assert run_cli("-m", "model=lenet,lenet_bn", *args, cwd=tmp_path).returncode == 0
+    changed = run_cli("-m", "model=lenet,lenet_bn", "seed=0,1", *args, "trainer.max_epochs=2", cwd=tmp_path)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert changed.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'sweep' / 'model=lenet'}: a run of this variant with another config (trainer.max_epochs: "
+        "1 there, 2 now), which the report would count with this one; use a new sweep dir, or delete that run's dir")
+    assert not (tmp_path / "sweep" / "model=lenet,seed=0" / "metrics.json").exists()
+    # With the settings unchanged the seeds are added; seed 0, trained again under its new name, counts once.
+    added = run_cli("-m", "model=lenet,lenet_bn", "seed=0,1", *args, cwd=tmp_path)
+    assert added.returncode == 0, added.stderr[-2000:]
+    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "| model=lenet | completed | 2 |" in summary and "| model=lenet_bn | completed | 2 |" in summary
+    assert "model=lenet,seed=0 (seed 0 again, as model=lenet)" in summary
+
+
 def test_a_run_refused_for_another_config_keeps_its_hydra_record_so_resume_still_reads_its_overrides(tmp_path,
                                                                                                      cifar_root):
     """The check comes before Hydra rewrites the dir's .hydra/: resume=<run dir> reads the run's overrides there."""
