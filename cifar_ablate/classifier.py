@@ -123,9 +123,10 @@ class Classifier(L.LightningModule):
         self.train_means.reset()
 
     def _logging_step(self) -> bool:
-        """True on the steps whose values Lightning hands to the logger (every log_every_n_steps). Lightning
-        counts them in a private counter that equals global_step under automatic optimization."""
-        return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
+        """True on the steps whose values Lightning hands to the logger (every log_every_n_steps; never for 0).
+        Lightning counts them in a private counter that equals global_step under automatic optimization."""
+        every = self.trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
 
     def training_step(self, batch, batch_idx):
         x, y = batch

@@ -131,6 +131,7 @@ def check_config(cfg: DictConfig) -> None:
     _require_number(cfg.trainer, "trainer", ("max_steps", "num_nodes", "log_every_n_steps", "accumulate_grad_batches",
                                              "num_sanity_val_steps"))
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be in [0, 2**32)")
+    _require(0 <= cfg.data.split_seed < 2**32, "data.split_seed", cfg.data.split_seed, "must be in [0, 2**32)")
     _require(cfg.compile_mode in COMPILE_MODES, "compile_mode", cfg.compile_mode,
              f"must be one of {', '.join(COMPILE_MODES)}")
     model = cfg.model
@@ -175,6 +176,10 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("limit_train_batches", "limit_test_batches"):  # 0 would train, or test, nothing
         value = cfg.trainer.get(key)
         _require(value is None or value > 0, f"trainer.{key}", value, "must be > 0 (a fraction or a batch count)")
+    every = cfg.trainer.get("check_val_every_n_epoch")
+    _require(every is None or every >= 1, "trainer.check_val_every_n_epoch", every, "must be >= 1")
+    every = cfg.trainer.get("log_every_n_steps", 50)
+    _require(every >= 0, "trainer.log_every_n_steps", every, "must be >= 0 (0 logs no step values)")
     max_epochs = cfg.trainer.get("max_epochs")
     _require(max_epochs is None or max_epochs >= 1 or cfg.trainer.get("max_steps", -1) > 0,
              "trainer.max_epochs", max_epochs, "must be >= 1")

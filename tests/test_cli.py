@@ -115,6 +115,9 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("regularization.l1=-1", "regularization.l1=-1.0: must be >= 0"),
     ("regularization.layers=[fc9]", "regularization.layers=\\['fc9'\\]: LeNet has no layer fc9; its layers are conv1, conv2, fc1, fc2, fc3"),
     ("seed=-1", r"seed=-1: must be in \[0, 2\*\*32\)"),
+    ("data.split_seed=-1", r"data.split_seed=-1: must be in \[0, 2\*\*32\)"),
+    ("trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch=0: must be >= 1"),
+    ("trainer.log_every_n_steps=-1", r"trainer.log_every_n_steps=-1: must be >= 0 \(0 logs no step values\)"),
     ("compile_mode=fast", "compile_mode=fast: must be one of default, reduce-overhead, max-autotune, "
                           "max-autotune-no-cudagraphs"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0: must be >= 1"),
