@@ -49,10 +49,13 @@ def run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent for p in Path(sweep_dir).glob("*/.hydra"))
 
 
-def _job_num(run_dir: Path) -> int:
-    """The run's place in its sweep, from Hydra's record of it (the first variant is the default baseline)."""
+def _job_num(run_dir: Path, metrics: dict) -> int:
+    """The run's place in its sweep (the first variant is the default baseline): Hydra's record of the latest
+    launch, also for runs a rerun skipped; where a single run into the dir (`hydra.run.dir=<it>`) has replaced
+    that record, the place its metrics.json keeps."""
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    num = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num") if hydra_yaml.exists() else None
+    num = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num", default=None) if hydra_yaml.exists() else None
+    num = num if isinstance(num, int) else metrics.get("job_num")
     return num if isinstance(num, int) else 1 << 30
 
 
@@ -60,8 +63,8 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
     rows = []
     for run_dir in run_dirs(sweep_dir):
         metrics = read_metrics(run_dir) or {"status": "unfinished"}
-        # Hydra's job number of the latest launch, also for runs a rerun skipped (their metrics.json keeps theirs).
-        rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), **metrics, "job_num": _job_num(run_dir)})
+        rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), **metrics,
+                     "job_num": _job_num(run_dir, metrics)})
     rows.sort(key=lambda r: (r["job_num"], r["run"]))
     mark_repeated_seeds(rows)
     return rows

@@ -139,9 +139,15 @@ OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=
 
 
 def run_identity(cfg: DictConfig) -> dict:
-    """What every metrics.json says about which run it is, completed or failed."""
+    """What every metrics.json says about which run it is, completed or failed. `job_num` is the run's place in its
+    sweep (the report's order, whose first variant is the default baseline): a sweep's run continued alone
+    (`resume=<run dir>`) keeps the place its metrics.json gave it; a single run has none."""
     hydra_cfg = HydraConfig.get()
-    return {"seed": cfg.seed, "overrides": list(hydra_cfg.overrides.task), "job_num": hydra_cfg.job.get("num", 0)}
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        job_num = hydra_cfg.job.num
+    else:
+        job_num = (read_metrics(Path(hydra_cfg.runtime.output_dir)) or {}).get("job_num")
+    return {"seed": cfg.seed, "overrides": list(hydra_cfg.overrides.task), "job_num": job_num}
 
 
 def objective(metrics: dict) -> Optional[float]:
@@ -245,7 +251,9 @@ def resume_overrides(args: list[str]) -> list[str]:
     quoted_dir = "'" + str(run_dir).replace("'", "\\'") + "'"  # a sweep's run dir holds '=' and ','
     keys = {a.split("=", 1)[0] for a in others}
     kept = [a for a in OmegaConf.load(saved) if a.split("=", 1)[0] not in keys]  # e.g. data.root moved
-    return [*kept, *others, "hydra.mode=RUN", f"hydra.run.dir={quoted_dir}"]
+    # hydra.output_subdir=null: Hydra leaves the run's .hydra/ as its first start wrote it; rewritten in RUN
+    # mode, a sweep's run would lose its job number, and with it its place (and maybe baseline) in the report.
+    return [*kept, *others, "hydra.mode=RUN", f"hydra.run.dir={quoted_dir}", "hydra.output_subdir=null"]
 
 
 class ReaderGoneStdout:

@@ -137,6 +137,24 @@ def test_resume_expands_to_the_runs_own_overrides_into_its_dir(tmp_path, compose
     assert cfg.hydra.run.dir == str(run_dir)
 
 
+def test_a_sweeps_run_continued_alone_keeps_its_place_in_the_report(tmp_path, cifar_root):
+    """The first variant is the default baseline. A single run into a sweep's run dir made Hydra rewrite its
+    .hydra/hydra.yaml without a job number, so the report moved that run last and compared against another."""
+    args = [f"data.root={cifar_root}", *FAST]
+    assert run_cli("-m", "model=lenet,lenet_bn", *args, "hydra.sweep.dir=sweep", cwd=tmp_path).returncode == 0
+    record = (tmp_path / "sweep" / "model=lenet" / ".hydra" / "hydra.yaml").read_text()
+    assert run_cli("resume=sweep/model=lenet", cwd=tmp_path).returncode == 0  # completed: skipped
+    assert (tmp_path / "sweep" / "model=lenet" / ".hydra" / "hydra.yaml").read_text() == record  # left as it was
+    # Spelled out, Hydra rewrites the record; the run's metrics.json still says where it stands.
+    spelled = run_cli("model=lenet", *args, "hydra.run.dir='sweep/model=lenet'", cwd=tmp_path)
+    assert spelled.returncode == 0 and "num: ???" in (tmp_path / "sweep" / "model=lenet" / ".hydra" / "hydra.yaml").read_text()
+    report = run_cli("sweep", cwd=tmp_path, module="cifar_ablate.report")
+    assert report.returncode == 0, report.stderr
+    with open(tmp_path / "sweep" / "summary.csv") as f:
+        assert [(r["variant"], r["baseline"]) for r in csv.DictReader(f)] == [("model=lenet", "True"),
+                                                                            ("model=lenet_bn", "False")]
+
+
 @pytest.mark.parametrize("args, message", [
     (["resume=nowhere"], "error: resume=nowhere: not a run dir (no nowhere/.hydra/overrides.yaml); "),
     (["resume=run", "model=lenet"], "error: resume=run: continues with the run's own config, so model=lenet "
