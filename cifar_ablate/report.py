@@ -254,46 +254,79 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
     return "\n".join(lines) + "\n"
 
 
-def read_curves(run_dir: Path) -> dict[str, list[float]]:
-    """Per-epoch values of each of CURVE_TAGS from the run's own TensorBoard or CSV log."""
-    tags = tuple(CURVE_TAGS)
-    if list(run_dir.glob("events.out.tfevents.*")):
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def _tensorboard_curves(run_dir: Path) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-        quiet = logging.getLogger("tensorboard")  # its INFO lines, 3 per run, would flood the end of a sweep
-        level = quiet.level
-        quiet.setLevel(logging.WARNING)
-        try:
-            events.Reload()
-        finally:
-            quiet.setLevel(level)
-        available = set(events.Tags()["scalars"])
-        return {t: [e.value for e in events.Scalars(t)] if t in available else [] for t in tags}
-    if (run_dir / "metrics.csv").exists():
-        with open(run_dir / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-        return {t: [float(r[t]) for r in rows if r.get(t)] for t in tags}
-    return {t: [] for t in tags}
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    quiet = logging.getLogger("tensorboard")  # its INFO lines, 3 per run, would flood the end of a sweep
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        events.Reload()
+    finally:
+        quiet.setLevel(level)
+    available = set(events.Tags()["scalars"])
+    # Lightning logs the (0-based) epoch beside every write, at the same step: a value's epoch is that of the
+    # epoch event at its step written closest in time (a step can carry the end of one epoch and steps of the next).
+    epochs: dict[int, list[tuple[float, int]]] = {}
+    for e in events.Scalars("epoch") if "epoch" in available else []:
+        epochs.setdefault(e.step, []).append((e.wall_time, int(e.value)))
+    curves = {}
+    for tag in CURVE_TAGS:
+        values = events.Scalars(tag) if tag in available else []
+        if not epochs:  # not a Lightning log: one value per epoch, in order
+            curves[tag] = {i: e.value for i, e in enumerate(values, start=1)}
+            continue
+        curves[tag] = {}
+        for e in values:
+            near = epochs.get(e.step)
+            if near:
+                curves[tag][min(near, key=lambda t: abs(t[0] - e.wall_time))[1] + 1] = e.value
+    return curves
 
 
-def mean_curve(curves: list[list[float]]) -> tuple[list[float], list[float], list[int]]:
-    """Per epoch: the mean and the std (n - 1) over the runs with a finite value there, and how many they are.
+def _csv_curves(run_dir: Path) -> dict[str, dict[int, float]]:
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {tag: {int(float(r["epoch"])) + 1: float(r[tag]) for r in rows if r.get(tag) and r.get("epoch")}
+            for tag in CURVE_TAGS}
+
+
+def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Each of CURVE_TAGS as {epoch (from 1): value} from the run's own logs: TensorBoard's and metrics.csv,
+    both where a resume changed the logger. Keyed by the epoch Lightning logged with each value, so validation
+    every few epochs (trainer.check_val_every_n_epoch) lands on the epochs it ran in, not on 1, 2, ..."""
+    curves: dict[str, dict[int, float]] = {tag: {} for tag in CURVE_TAGS}
+    sources = ([_tensorboard_curves] if list(run_dir.glob("events.out.tfevents.*")) else []) + (
+        [_csv_curves] if (run_dir / "metrics.csv").exists() else [])
+    for source in sources:
+        for tag, values in source(run_dir).items():
+            curves[tag].update(values)
+    return {tag: dict(sorted(values.items())) for tag, values in curves.items()}
+
+
+def _by_epoch(curve) -> dict[int, float]:
+    """A run's curve as {epoch: value}; a plain list holds epochs 1, 2, ..."""
+    return curve if isinstance(curve, dict) else dict(enumerate(curve, start=1))
+
+
+def mean_curve(curves: list) -> tuple[list[int], list[float], list[float], list[int]]:
+    """Over the epochs any run logged (each run a {epoch: value} dict, or a list of epochs 1, 2, ...): the epochs,
+    and per epoch the mean and the std (n - 1) over the runs with a finite value there, and how many they are.
     Runs may end at different epochs (a diverged run stops early); NaN where fewer than 1 (2) runs have one."""
     import numpy as np
 
-    curves = [c for c in curves if c]
+    curves = [_by_epoch(c) for c in curves if c]
     if not curves:
-        return [], [], []
-    values = np.full((len(curves), max(map(len, curves))), np.nan)
-    for i, c in enumerate(curves):
-        values[i, :len(c)] = c
+        return [], [], [], []
+    epochs = sorted(set().union(*curves))
+    values = np.array([[c.get(e, np.nan) for e in epochs] for c in curves], dtype=float)
     values[~np.isfinite(values)] = np.nan
     n = (~np.isnan(values)).sum(axis=0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # epochs where a single run or none is finite
         mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0, ddof=1)
-    return mean.tolist(), std.tolist(), n.tolist()
+    return epochs, mean.tolist(), std.tolist(), n.tolist()
 
 
 def curve_rows(curves: dict[str, dict[str, list]]) -> list[dict]:
@@ -301,7 +334,7 @@ def curve_rows(curves: dict[str, dict[str, list]]) -> list[dict]:
     rows = []
     for tag, by_variant in curves.items():
         for variant, runs in by_variant.items():
-            for epoch, (mean, std, n) in enumerate(zip(*mean_curve(runs)), start=1):
+            for epoch, mean, std, n in zip(*mean_curve(runs)):
                 rows.append({"variant": variant, "metric": CURVE_TAGS[tag], "epoch": epoch, "mean": mean,
                              "std": std, "n": n})
     return rows
@@ -312,15 +345,15 @@ def curve_readings(rows: list[dict]) -> list[dict]:
     their epochs (a tie's first), and the last epoch's values."""
     means: dict[str, dict[str, list]] = {}
     for r in rows:  # in epoch order
-        means.setdefault(r["variant"], {}).setdefault(r["metric"], []).append(r["mean"])
+        means.setdefault(r["variant"], {}).setdefault(r["metric"], []).append((r["epoch"], r["mean"]))
     readings = []
     for variant, by_metric in means.items():
         reading = {"variant": variant}
         for metric in CURVE_TAGS.values():
             mean = by_metric.get(metric, [])
-            finite = [(v, e) for e, v in enumerate(mean, start=1) if math.isfinite(v)]
-            reading[f"{metric}_last"] = mean[-1] if mean else math.nan
-            reading[f"{metric}_epochs"] = len(mean)
+            finite = [(v, e) for e, v in mean if math.isfinite(v)]
+            reading[f"{metric}_last"] = mean[-1][1] if mean else math.nan
+            reading[f"{metric}_epochs"] = mean[-1][0] if mean else 0  # the last epoch it was logged in
             best = (max(finite, key=lambda t: (t[0], -t[1]), default=(math.nan, None)) if metric == "val_acc"
                     else min(finite, default=(math.nan, None)))
             reading[f"{metric}_best"], reading[f"{metric}_best_epoch"] = best
@@ -345,15 +378,16 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
             continue
         note = (notes or {}).get(variant)
         label = f"{variant} (n={len(curves)}{', ' + note if note else ''})"
-        finite = [np.isfinite(c) for c in curves]
+        finite = [np.isfinite(list(_by_epoch(c).values())) for c in curves]
         # A diverged run's NaN or inf values draw nothing; the legend says so rather than hide the variant.
         if not any(f.any() for f in finite):
             ax.plot([], [], marker="x", linestyle="none", label=f"{label}: no finite value")
             continue
         if not all(f.all() for f in finite):
             label += ": non-finite values not drawn"
-        mean, std, _ = map(np.array, mean_curve(curves))
-        epochs = np.arange(1, len(mean) + 1)
+        epochs, mean, std, _ = map(np.array, mean_curve(curves))
+        drawn = np.isfinite(mean)  # the line joins the epochs with a value (validation every few epochs)
+        epochs, mean, std = epochs[drawn], mean[drawn], std[drawn]
         (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
         if len(curves) > 1:
             ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)

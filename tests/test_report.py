@@ -140,9 +140,10 @@ def test_curve_readings_find_each_variants_peak_and_last_epoch_over_its_runs():
     curves = {"val/acc": {"model=a": [[0.5, 0.7, 0.6], [0.5, 0.6, 0.6]], "model=b": [[0.4, nan], [0.4, 0.5, 0.55]]},
               "val/loss": {"model=a": [[1.2, 1.0, 1.4], [1.2, 1.1, 1.5]], "model=b": [[1.3, nan], [1.3, 1.2, 1.1]]},
               "train/loss_epoch": {"model=a": [[1.5, 1.0, 0.8], [1.5, 1.0, 0.6]], "model=b": [[], []]}}
-    mean, std, n = mean_curve(curves["val/acc"]["model=b"])
+    epochs, mean, std, n = mean_curve(curves["val/acc"]["model=b"])
     # A run that stopped or diverged counts only where it has a finite value.
-    assert mean == pytest.approx([0.4, 0.5, 0.55]) and n == [2, 1, 1] and std[0] == 0 and math.isnan(std[1])
+    assert epochs == [1, 2, 3] and mean == pytest.approx([0.4, 0.5, 0.55]) and n == [2, 1, 1]
+    assert std[0] == 0 and math.isnan(std[1])
     a, b = curve_readings(curve_rows(curves))
     assert (a["val_acc_best"], a["val_acc_best_epoch"], a["val_acc_last"]) == pytest.approx((0.65, 2, 0.6))
     assert (a["val_loss_best"], a["val_loss_best_epoch"], a["val_loss_last"]) == pytest.approx((1.05, 2, 1.45))
@@ -244,3 +245,32 @@ def test_a_seed_trained_again_under_a_new_name_counts_once(tmp_path):
     with open(tmp_path / "runs.csv") as f:
         repeats = {r["run"]: r["repeats"] for r in csv.DictReader(f)}
     assert repeats["model=a,seed=0"] == "model=a" and repeats["model=a"] == repeats["model=a,seed=1"] == ""
+
+
+def test_curves_follow_the_epochs_the_values_were_logged_in(tmp_path):
+    """trainer.check_val_every_n_epoch=3 validates in epochs 3 and 6: its curve sits there, not at 1 and 2 (the
+    report numbered values by position), and a logger switched on resume adds its epochs to the other's."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from cifar_ablate.report import read_curves
+    # As Lightning writes them: every write carries the 0-based epoch at the same step.
+    writer = SummaryWriter(str(tmp_path))
+    for epoch, step in enumerate((10, 20, 30, 40, 50, 60)):
+        writer.add_scalar("train/loss_epoch", 2.0 - epoch / 10, step)
+        writer.add_scalar("epoch", epoch, step)
+        if epoch % 3 == 2:
+            writer.add_scalar("val/acc", 0.1 * epoch, step)
+            writer.add_scalar("epoch", epoch, step)
+        writer.add_scalar("epoch", epoch + 1, step)  # a step value of the next epoch, logged at the same step
+    writer.close()
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss_epoch,val/acc\n6,70,1.35,\n6,70,,0.61\n")
+    curves = read_curves(tmp_path)
+    assert curves["val/acc"] == pytest.approx({3: 0.2, 6: 0.5, 7: 0.61})
+    assert list(curves["train/loss_epoch"]) == [1, 2, 3, 4, 5, 6, 7]
+    rows = curve_rows({"val/acc": {"model=a": [curves["val/acc"], {3: 0.3, 6: 0.4}]}})
+    assert [(r["epoch"], round(r["mean"], 4), r["n"]) for r in rows] == [(3, 0.25, 2), (6, 0.45, 2), (7, 0.61, 1)]
+    (reading,) = curve_readings(rows)
+    assert (reading["val_acc_best"], reading["val_acc_best_epoch"], reading["val_acc_epochs"]) == pytest.approx(
+        (0.61, 7, 7))
+    line = plot_curves({"model=a": [curves["val/acc"]]}, "validation accuracy", "Validation").axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [3, 6, 7]
