@@ -65,7 +65,7 @@ class ResumeCheckpoint(Callback):
         if isinstance(exception, SIGTERMException):
             self.stopped_by = self.stopped_by or signal.SIGTERM
             if trainer.training:  # raised at a batch end: a consistent point to continue from
-                trainer.save_checkpoint(self.path)
+                trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, said (else Lightning says it)
 
 
 def check_checkpoint(path: Path, state_dict: dict) -> None:

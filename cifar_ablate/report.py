@@ -541,6 +541,8 @@ def main(argv=None):
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--baseline", help="variant to compare against (default: the sweep's, else the first)")
     args = parser.parse_args(argv)
+    from cifar_ablate.console import ReaderGoneStdout
+    sys.stdout = ReaderGoneStdout(sys.stdout)  # `python -m cifar_ablate.report <dir> | head`: no BrokenPipeError
     if not args.sweep_dir.is_dir():
         sys.exit(f"error: {args.sweep_dir}: no such directory")
     if not run_dirs(args.sweep_dir):

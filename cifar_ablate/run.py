@@ -4,7 +4,6 @@
 Nothing here imports torch or Lightning at load: a config error is reported before those imports.
 """
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import InterpolationResolutionError
 
 from cifar_ablate.config import CONFIG_DIR, check_config, where_and_how_keys
+from cifar_ablate.console import ReaderGoneStdout
 from cifar_ablate.errors import CheckpointError, ConfigError, UserError
 from cifar_ablate.report import name_items, run_dirs, variant_of
 from cifar_ablate.run_record import RESULT_STATUSES, check_same_run, read_metrics, write_metrics
@@ -159,8 +159,19 @@ def main(cfg: DictConfig) -> Optional[float]:
     """Returns the objective a sweeper (Optuna) optimizes: the run's best validation accuracy, or None when
     the run has none to offer (failed or diverged), which the Optuna sweeper records as a failed trial.
     (Not NaN: hydra-optuna-sweeper 1.3.0.dev0 then tells Optuna a failure with a value and crashes.)"""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return one_run(cfg, run_dir)
+    except KeyboardInterrupt:
+        # Ctrl+C outside training (imports, loading the data, testing): training saves on a stop signal itself.
+        print(f"{run_dir}: stopped by SIGINT outside training, nothing new saved; to continue: "
+              f"{how_to_continue(run_dir)}", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+
+
+def one_run(cfg: DictConfig, run_dir: Path) -> Optional[float]:
+    """Skip, refuse, or train and test the run into `run_dir`, and record it (`main`'s return value)."""
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a single run's dir was checked by SameRunCheck
         variant = variant_of(run_dir.name)
         siblings = tuple(d for d in run_dirs(run_dir.parent) if d.name != run_dir.name and variant_of(d.name) == variant)
@@ -190,10 +201,8 @@ def main(cfg: DictConfig) -> Optional[float]:
         saved = f"{resume.path} saved" if resume.path.exists() else "no checkpoint yet"
         write_metrics(run_dir, {"status": "interrupted", "signal": signame, "epoch": progress.epochs_done,
                                 **run_identity(cfg)})
-        how = (f"rerun the sweep with hydra.sweep.dir={run_dir.parent}" if hydra_cfg.mode == RunMode.MULTIRUN
-               else f"python -m cifar_ablate resume={run_dir}")  # a plain rerun would start in a new dir
         print(f"{run_dir}: stopped by {signame} in epoch {progress.epochs_done + 1} ({progress.epochs_done} "
-              f"finished); {saved}; to continue: {how}", file=sys.stderr)
+              f"finished); {saved}; to continue: {how_to_continue(run_dir)}", file=sys.stderr)
         sys.exit(128 + resume.stopped_by)
     except Exception as e:
         # A crashed run is recorded as such; in a sweep the other runs go on and the sweep exits non-zero.
@@ -208,6 +217,12 @@ def main(cfg: DictConfig) -> Optional[float]:
              metrics["test_acc"], metrics["best_val_acc"], metrics["status"], metrics["epochs"],
              "" if metrics["epochs"] == 1 else "s", metrics["train_seconds"])
     return objective(metrics)
+
+
+def how_to_continue(run_dir: Path) -> str:
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"rerun the sweep with hydra.sweep.dir={run_dir.parent}"
+    return f"python -m cifar_ablate resume={run_dir}"  # a plain rerun would start in a new dir
 
 
 def refuse(error: UserError, cfg: DictConfig, run_dir: Path, epochs_done: int) -> None:
@@ -254,33 +269,6 @@ def resume_overrides(args: list[str]) -> list[str]:
     # hydra.output_subdir=null: Hydra leaves the run's .hydra/ as its first start wrote it; rewritten in RUN
     # mode, a sweep's run would lose its job number, and with it its place (and maybe baseline) in the report.
     return [*kept, *others, "hydra.mode=RUN", f"hydra.run.dir={quoted_dir}", "hydra.output_subdir=null"]
-
-
-class ReaderGoneStdout:
-    """sys.stdout that, once its reader has gone (`python -m cifar_ablate ... | head`), sends the rest of the
-    output to /dev/null instead of failing the run with BrokenPipeError in the middle of training."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def _reader_gone(self):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())  # what is still buffered goes there too
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            self._reader_gone()
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._reader_gone()
-
-    def __getattr__(self, name):  # isatty, fileno, encoding, ...
-        return getattr(self._stream, name)
 
 
 def cli() -> None:

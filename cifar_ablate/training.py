@@ -19,6 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,6 +89,7 @@ class RunProgress(Callback):
         self.images_trained = 0  # by all processes, since this process started (or resumed)
         self._start = self._epoch_start = None
         self._printed = 0
+        self._validated = 0  # the last epoch (from 1) that validation ran after
 
     def on_train_start(self, trainer, pl_module):
         self._start = self._epoch_start = time.perf_counter()  # a run resumed mid-epoch starts no epoch
@@ -107,10 +109,16 @@ class RunProgress(Callback):
             return
         self._printed = self.epochs_done
         m = trainer.callback_metrics
+        # Validation every few epochs (check_val_every_n_epoch) leaves its last values in callback_metrics.
+        shown = ("train/loss_epoch", "val/loss", "val/acc") if self._validated == self.epochs_done else ("train/loss_epoch",)
         parts = [f"epoch {self.epochs_done}/{trainer.max_epochs}"]
-        parts += [f"{k} {float(m[k]):.4f}" for k in ("train/loss_epoch", "val/loss", "val/acc") if k in m]
+        parts += [f"{k} {float(m[k]):.4f}" for k in shown if k in m]
         parts.append(f"{time.perf_counter() - self._start:.1f}s")
         print("  ".join(parts), flush=True)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._validated = trainer.current_epoch + 1
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._print_finished_epoch(trainer)

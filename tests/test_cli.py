@@ -100,6 +100,18 @@ def test_a_diverging_run_is_a_result_with_status_diverged(tmp_path, cifar_root):
     assert metrics["status"] == "diverged" and metrics["epochs"] == 1
 
 
+def test_validation_every_few_epochs_is_shown_and_drawn_at_the_epochs_it_ran(tmp_path, cifar_root):
+    from cifar_ablate.report import read_curves
+    result = run_cli(f"data.root={cifar_root}", *FAST, "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2",
+                     "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    # Epochs 1 and 3 ran no validation: their lines do not repeat the last one's values as their own.
+    assert ["val/acc" in line for line in lines] == [False, True, False, True]
+    curves = read_curves(tmp_path / "run")
+    assert list(curves["val/acc"]) == [2, 4] and list(curves["train/loss_epoch"]) == [1, 2, 3, 4]
+
+
 BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("optimizer.lr=0", "optimizer.lr=0: must be > 0"),
     ("optimizer.momentum=1.5", r"optimizer.momentum=1.5: must be in \[0, 1\)"),

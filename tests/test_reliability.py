@@ -242,6 +242,42 @@ def test_a_run_refused_for_another_config_keeps_its_hydra_record_so_resume_still
     assert resumed.returncode == 0 and "run: already completed, skipping" in resumed.stdout + resumed.stderr
 
 
+# Runs the CLI but presses Ctrl+C (a real SIGINT) while the data loads, before training installs its handlers.
+CTRL_C_WHILE_LOADING = """
+import os, signal
+from cifar_ablate import data
+load = data.CIFAR10DataModule.load
+def interrupted_load(self):
+    os.kill(os.getpid(), signal.SIGINT)
+    return load(self)
+data.CIFAR10DataModule.load = interrupted_load
+from cifar_ablate.run import cli
+cli()
+"""
+
+
+def test_ctrl_c_outside_training_is_one_line_that_says_how_to_continue(tmp_path, cifar_root):
+    stopped = run_cli(f"data.root={cifar_root}", *FAST, "hydra.run.dir=run", cwd=tmp_path, script=CTRL_C_WHILE_LOADING)
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"{tmp_path / 'run'}: stopped by SIGINT outside training, nothing new saved; to continue: "
+        f"python -m cifar_ablate resume={tmp_path / 'run'}")
+    assert not (tmp_path / "run" / "metrics.json").exists()  # no record: a rerun trains it from the start
+    resumed = run_cli(f"resume={tmp_path / 'run'}", cwd=tmp_path)
+    assert resumed.returncode == 0 and json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_report_whose_output_reader_goes_away_ends_without_a_traceback(tmp_path, cifar_root):
+    assert run_cli("-m", "seed=0,1", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "cifar_ablate.report", "sweep"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does
+    assert process.wait(timeout=120) == 0
+    assert "BrokenPipeError" not in process.stderr.read()
+
+
 def test_a_sweep_whose_output_reader_goes_away_still_completes_its_runs(tmp_path, cifar_root):
     """`python -m cifar_ablate ... | head -1`: the rest of the output is dropped, not the runs."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}
