@@ -49,12 +49,15 @@ def run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent for p in Path(sweep_dir).glob("*/.hydra"))
 
 
-def _job_num(run_dir: Path, metrics: dict) -> int:
+# Set for every job of a sweep by SweepSummary, so that the sweep's end knows which runs in its dir it launched.
+LAUNCH_KEY = "CIFAR_ABLATE_LAUNCH"
+
+
+def _job_num(hydra_record, metrics: dict) -> int:
     """The run's place in its sweep (the first variant is the default baseline): Hydra's record of the latest
     launch, also for runs a rerun skipped; where a single run into the dir (`hydra.run.dir=<it>`) has replaced
     that record, the place its metrics.json keeps."""
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    num = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num", default=None) if hydra_yaml.exists() else None
+    num = OmegaConf.select(hydra_record, "hydra.job.num", default=None) if hydra_record is not None else None
     num = num if isinstance(num, int) else metrics.get("job_num")
     return num if isinstance(num, int) else 1 << 30
 
@@ -63,8 +66,11 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
     rows = []
     for run_dir in run_dirs(sweep_dir):
         metrics = read_metrics(run_dir) or {"status": "unfinished"}
+        hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+        hydra_record = OmegaConf.load(hydra_yaml) if hydra_yaml.exists() else None
+        launch = OmegaConf.select(hydra_record, f"hydra.job.env_set.{LAUNCH_KEY}", default=None) if hydra_record else None
         rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), **metrics,
-                     "job_num": _job_num(run_dir, metrics)})
+                     "job_num": _job_num(hydra_record, metrics), "launch": launch})
     rows.sort(key=lambda r: (r["job_num"], r["run"]))
     mark_repeated_seeds(rows)
     return rows
@@ -523,15 +529,29 @@ def without_result(runs: list[dict]) -> list[dict]:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: writes and prints the report when a multirun ends; exit 1 if a run did not finish."""
+    """Hydra callback: writes and prints the report when a multirun ends; exit 1 if a run it launched did not
+    finish. The report covers every run in the sweep dir; runs an earlier command left there under other names
+    (a one-seed sweep's, before seeds were added) are noted, and do not fail this command, which never runs them."""
+
+    def on_multirun_start(self, config, **kwargs):
+        import uuid
+
+        from omegaconf import read_write
+        self.launch = uuid.uuid4().hex
+        with read_write(config.hydra):  # Hydra applies these to every job's config, which records them
+            config.hydra.overrides.hydra.append(f"+hydra.job.env_set.{LAUNCH_KEY}={self.launch}")
 
     def on_multirun_end(self, config, **kwargs):
         sweep_dir = Path(config.hydra.sweep.dir)
         _, runs, markdown = write_report(sweep_dir, config.get("baseline"))
         print(f"\nSweep summary ({sweep_dir / 'summary.md'}):\n{markdown}", flush=True)
-        bad = without_result(runs)
+        ours = [r for r in runs if r["launch"] == self.launch]
+        bad, left = without_result(ours), [r for r in without_result(runs) if r["launch"] != self.launch]
+        if left:
+            print(f"note: runs in {sweep_dir} that this command does not run, without a result (continue or delete "
+                  "them): " + ", ".join(f"{r['run']} ({r['status']})" for r in left), file=sys.stderr)
         if bad:
-            print(f"error: {len(bad)} of {len(runs)} runs did not complete: "
+            print(f"error: {len(bad)} of {len(ours)} runs did not complete: "
                   + ", ".join(f"{r['run']} ({r['status']})" for r in bad), file=sys.stderr)
             sys.exit(1)
 

@@ -227,6 +227,20 @@ def test_seeds_added_to_a_one_seed_sweep_with_a_setting_changed_are_refused(tmp_
     assert "model=lenet,seed=0 (seed 0 again, as model=lenet)" in summary
 
 
+def test_a_run_an_earlier_command_left_without_a_result_is_listed_but_does_not_fail_this_sweep(tmp_path, cifar_root):
+    """The report covers the whole sweep dir; the exit status only the runs this command launched. A one-seed
+    sweep's failed run, beside the seeds added later under new names, made every rerun exit 1."""
+    args = [f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep"]
+    first = run_cli("-m", "optimizer.lr=0.01,0", *args, cwd=tmp_path)  # lr 0 fails its run alone
+    assert first.returncode == 1 and "error: 1 of 2 runs did not complete: optimizer.lr=0 (failed)" in first.stderr
+    again = run_cli("-m", "optimizer.lr=0.01,0.02", "seed=0,1", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.strip().splitlines()[-1] == (
+        "note: runs in sweep that this command does not run, without a result (continue or delete them): "
+        "optimizer.lr=0 (failed)")
+    assert "Runs without a result: optimizer.lr=0 (failed" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
 def test_a_run_refused_for_another_config_keeps_its_hydra_record_so_resume_still_reads_its_overrides(tmp_path,
                                                                                                      cifar_root):
     """The check comes before Hydra rewrites the dir's .hydra/: resume=<run dir> reads the run's overrides there."""
