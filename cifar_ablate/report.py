@@ -6,8 +6,8 @@ Hydra runs it when a sweep ends (the SweepSummary callback). It reads only what 
 (metrics.json, .hydra/, and their TensorBoard or CSV logs), so it also works on a sweep dir copied
 elsewhere. Writes into the sweep dir:
 
-- summary.md / summary.csv: one row per variant (runs that differ only in `seed`, each seed counted once); with several seeds,
-  mean ± std and n, and Welch's t-test of each variant's test accuracy against the baseline's, the
+- summary.md / summary.csv: one row per variant (runs that differ only in `seed`, each seed counted once); with
+  several seeds, mean ± std and n, and Welch's t-test of each variant's test accuracy against the baseline's, the
   verdict on Holm's adjustment of those p-values (several variants, one study);
 - runs.csv: one row per run, failed, unfinished (no metrics.json yet) and unreadable runs included;
 - val_acc.png, train_loss.png: per-epoch curves, one line per variant (mean, band = ± 1 std over seeds);
@@ -68,7 +68,7 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
         metrics = read_metrics(run_dir) or {"status": "unfinished"}
         hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
         hydra_record = OmegaConf.load(hydra_yaml) if hydra_yaml.exists() else None
-        launch = OmegaConf.select(hydra_record, f"hydra.job.env_set.{LAUNCH_KEY}", default=None) if hydra_record else None
+        launch = hydra_record and OmegaConf.select(hydra_record, f"hydra.job.env_set.{LAUNCH_KEY}", default=None)
         rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), **metrics,
                      "job_num": _job_num(hydra_record, metrics), "launch": launch})
     rows.sort(key=lambda r: (r["job_num"], r["run"]))
@@ -356,10 +356,10 @@ def curve_readings(rows: list[dict]) -> list[dict]:
     for variant, by_metric in means.items():
         reading = {"variant": variant}
         for metric in CURVE_TAGS.values():
-            mean = by_metric.get(metric, [])
-            finite = [(v, e) for e, v in mean if math.isfinite(v)]
-            reading[f"{metric}_last"] = mean[-1][1] if mean else math.nan
-            reading[f"{metric}_epochs"] = mean[-1][0] if mean else 0  # the last epoch it was logged in
+            points = by_metric.get(metric, [])  # (epoch, mean)
+            finite = [(v, e) for e, v in points if math.isfinite(v)]
+            reading[f"{metric}_last"] = points[-1][1] if points else math.nan
+            reading[f"{metric}_epochs"] = points[-1][0] if points else 0  # the last epoch it was logged in
             best = (max(finite, key=lambda t: (t[0], -t[1]), default=(math.nan, None)) if metric == "val_acc"
                     else min(finite, default=(math.nan, None)))
             reading[f"{metric}_best"], reading[f"{metric}_best_epoch"] = best

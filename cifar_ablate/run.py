@@ -174,7 +174,8 @@ def one_run(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a single run's dir was checked by SameRunCheck
         variant = variant_of(run_dir.name)
-        siblings = tuple(d for d in run_dirs(run_dir.parent) if d.name != run_dir.name and variant_of(d.name) == variant)
+        siblings = tuple(d for d in run_dirs(run_dir.parent)
+                         if d.name != run_dir.name and variant_of(d.name) == variant)
         refuse_other_run(run_dir, cfg, siblings)  # another config's run stays as it is, and the sweep stops
     previous = read_metrics(run_dir)
     if previous is not None and previous["status"] in RESULT_STATUSES:

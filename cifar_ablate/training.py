@@ -110,7 +110,8 @@ class RunProgress(Callback):
         self._printed = self.epochs_done
         m = trainer.callback_metrics
         # Validation every few epochs (check_val_every_n_epoch) leaves its last values in callback_metrics.
-        shown = ("train/loss_epoch", "val/loss", "val/acc") if self._validated == self.epochs_done else ("train/loss_epoch",)
+        validated = self._validated == self.epochs_done
+        shown = ("train/loss_epoch", "val/loss", "val/acc") if validated else ("train/loss_epoch",)
         parts = [f"epoch {self.epochs_done}/{trainer.max_epochs}"]
         parts += [f"{k} {float(m[k]):.4f}" for k in shown if k in m]
         parts.append(f"{time.perf_counter() - self._start:.1f}s")
