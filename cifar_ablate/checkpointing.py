@@ -25,12 +25,14 @@ ROUTED_TO_SIGTERM = (signal.SIGINT, signal.SIGUSR1)
 class ResumeCheckpoint(Callback):
     """Saves `path` when a stop signal ends training, and carries the global RNG state in every checkpoint.
 
-    `stopped_by` is the signal that stopped the run (None while none did).
+    `stopped_by` is the signal that stopped the run (None while none did); `ctrl_c` says that a Ctrl+C reached
+    Lightning outside training (before it starts, or while testing), which Lightning ends with exit status 1.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.stopped_by: Optional[int] = None
+        self.ctrl_c = False
         self._previous_handlers: dict = {}
 
     def state_dict(self) -> dict:
@@ -62,6 +64,7 @@ class ResumeCheckpoint(Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         self._restore_handlers()
+        self.ctrl_c = isinstance(exception, KeyboardInterrupt)
         if isinstance(exception, SIGTERMException):
             self.stopped_by = self.stopped_by or signal.SIGTERM
             if trainer.training:  # raised at a batch end: a consistent point to continue from

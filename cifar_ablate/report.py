@@ -77,8 +77,8 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
 
 
 def mark_repeated_seeds(runs: list[dict]) -> None:
-    """A variant's seed counts once. A result with the variant and seed of an earlier one gets `repeats`, that
-    run's name, and is left out of the statistics and curves: rerunning a one-seed sweep into its dir with
+    """A variant's seed counts once. A result with the variant and seed of one listed before it (the report's order:
+    job number, then name) gets `repeats`, that run's name, and is left out of the statistics and curves: rerunning a one-seed sweep into its dir with
     `seed=0,1,2` trains seed 0 again as `...,seed=0` beside the old run, and counting both would inflate n
     with a copy (on the CPU an exact one) and shrink the spread the test reads."""
     first: dict[tuple, str] = {}
@@ -303,10 +303,11 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
     both where a resume changed the logger. Keyed by the epoch Lightning logged with each value, so validation
     every few epochs (trainer.check_val_every_n_epoch) lands on the epochs it ran in, not on 1, 2, ..."""
     curves: dict[str, dict[int, float]] = {tag: {} for tag in CURVE_TAGS}
-    sources = ([_tensorboard_curves] if list(run_dir.glob("events.out.tfevents.*")) else []) + (
-        [_csv_curves] if (run_dir / "metrics.csv").exists() else [])
-    for source in sources:
-        for tag, values in source(run_dir).items():
+    sources = [(max(p.stat().st_mtime for p in files), read) for files, read in (
+        (list(run_dir.glob("events.out.tfevents.*")), _tensorboard_curves),
+        ([run_dir / "metrics.csv"] if (run_dir / "metrics.csv").exists() else [], _csv_curves)) if files]
+    for _, read in sorted(sources, key=lambda source: source[0]):  # an epoch both logged: the later-written log's
+        for tag, values in read(run_dir).items():
             curves[tag].update(values)
     return {tag: dict(sorted(values.items())) for tag, values in curves.items()}
 
@@ -539,7 +540,7 @@ class SweepSummary(Callback):
         from omegaconf import read_write
         self.launch = uuid.uuid4().hex
         with read_write(config.hydra):  # Hydra applies these to every job's config, which records them
-            config.hydra.overrides.hydra.append(f"+hydra.job.env_set.{LAUNCH_KEY}={self.launch}")
+            config.hydra.overrides.hydra.append(f"+hydra.job.env_set.{LAUNCH_KEY}='{self.launch}'")  # a string
 
     def on_multirun_end(self, config, **kwargs):
         sweep_dir = Path(config.hydra.sweep.dir)

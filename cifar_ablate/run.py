@@ -70,11 +70,13 @@ class OutputDirCheck(HydraCallback):
             sys.exit(2)
 
 
-def refuse_other_run(run_dir: Path, cfg: DictConfig, variant_runs: tuple = ()) -> None:
-    """One line and exit 2 when `run_dir`, or another run of its variant, holds a result or a checkpoint of another
-    config; their files stay."""
+def refuse_other_run(run_dir: Path, cfg: DictConfig) -> None:
+    """One line and exit 2 when `run_dir`, or another run of its variant beside it (a sweep's runs that differ only
+    in seed), holds a result or a checkpoint of another config; their files stay."""
+    variant = variant_of(run_dir.name)
+    siblings = tuple(d for d in run_dirs(run_dir.parent) if d.name != run_dir.name and variant_of(d.name) == variant)
     try:
-        check_same_run(run_dir, cfg, variant_runs)
+        check_same_run(run_dir, cfg, siblings)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -83,10 +85,21 @@ def refuse_other_run(run_dir: Path, cfg: DictConfig, variant_runs: tuple = ()) -
 class SameRunCheck(HydraCallback):
     """A single run into a dir that holds another config's run is refused here, before Hydra rewrites the dir's
     .hydra/ with this command's config (from which `resume=<run dir>` reads the run's overrides). A sweep's runs
-    are checked in `main`: Hydra composes their configs only as it launches them."""
+    are checked in `main`: Hydra composes their configs only as it launches them.
+
+    A single run into a sweep's run dir (`resume=`, or `hydra.run.dir=` by hand) keeps the job number the sweep
+    gave it: Hydra's rewritten record would say none, and the report orders runs (and picks the default
+    baseline, the first variant) by it."""
 
     def on_run_start(self, config: DictConfig, **kwargs):
-        refuse_other_run(Path(OmegaConf.select(config, "hydra.run.dir")).absolute(), config)  # as Hydra's output_dir
+        run_dir = Path(OmegaConf.select(config, "hydra.run.dir")).absolute()  # as Hydra's output_dir
+        refuse_other_run(run_dir, config)
+        record = run_dir / ".hydra" / "hydra.yaml"
+        # A record with a job number is a sweep's run (or one continued alone since); a single run's has none.
+        num = OmegaConf.select(OmegaConf.load(record), "hydra.job.num", default=None) if record.exists() else None
+        if isinstance(num, int):
+            with read_write(config.hydra):
+                config.hydra.job.num = num
 
 
 def fresh_dir(path: str) -> str:
@@ -143,9 +156,8 @@ def run_identity(cfg: DictConfig) -> dict:
     sweep (the report's order, whose first variant is the default baseline): a sweep's run continued alone
     (`resume=<run dir>`) keeps the place its metrics.json gave it; a single run has none."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        job_num = hydra_cfg.job.num
-    else:
+    job_num = OmegaConf.select(hydra_cfg, "job.num", default=None)  # a single run: a sweep's run's, kept
+    if not isinstance(job_num, int):  # a run continued alone before SameRunCheck kept its number
         job_num = (read_metrics(Path(hydra_cfg.runtime.output_dir)) or {}).get("job_num")
     return {"seed": cfg.seed, "overrides": list(hydra_cfg.overrides.task), "job_num": job_num}
 
@@ -173,10 +185,7 @@ def one_run(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     """Skip, refuse, or train and test the run into `run_dir`, and record it (`main`'s return value)."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a single run's dir was checked by SameRunCheck
-        variant = variant_of(run_dir.name)
-        siblings = tuple(d for d in run_dirs(run_dir.parent)
-                         if d.name != run_dir.name and variant_of(d.name) == variant)
-        refuse_other_run(run_dir, cfg, siblings)  # another config's run stays as it is, and the sweep stops
+        refuse_other_run(run_dir, cfg)  # another config's run stays as it is, and the sweep stops
     previous = read_metrics(run_dir)
     if previous is not None and previous["status"] in RESULT_STATUSES:
         # Re-running a sweep into its dir redoes only what has no result yet.
@@ -205,6 +214,10 @@ def one_run(cfg: DictConfig, run_dir: Path) -> Optional[float]:
         print(f"{run_dir}: stopped by {signame} in epoch {progress.epochs_done + 1} ({progress.epochs_done} "
               f"finished); {saved}; to continue: {how_to_continue(run_dir)}", file=sys.stderr)
         sys.exit(128 + resume.stopped_by)
+    except SystemExit:  # after SIGTERMException, which is one
+        if resume.ctrl_c:  # Lightning's sys.exit(1) for a Ctrl+C inside fit or test: told as one, by main
+            raise KeyboardInterrupt from None
+        raise
     except Exception as e:
         # A crashed run is recorded as such; in a sweep the other runs go on and the sweep exits non-zero.
         log.exception("run failed")
@@ -267,9 +280,7 @@ def resume_overrides(args: list[str]) -> list[str]:
     quoted_dir = "'" + str(run_dir).replace("'", "\\'") + "'"  # a sweep's run dir holds '=' and ','
     keys = {a.split("=", 1)[0] for a in others}
     kept = [a for a in OmegaConf.load(saved) if a.split("=", 1)[0] not in keys]  # e.g. data.root moved
-    # hydra.output_subdir=null: Hydra leaves the run's .hydra/ as its first start wrote it; rewritten in RUN
-    # mode, a sweep's run would lose its job number, and with it its place (and maybe baseline) in the report.
-    return [*kept, *others, "hydra.mode=RUN", f"hydra.run.dir={quoted_dir}", "hydra.output_subdir=null"]
+    return [*kept, *others, "hydra.mode=RUN", f"hydra.run.dir={quoted_dir}"]
 
 
 def cli() -> None:

@@ -49,7 +49,8 @@ class DropLines(logging.Filter):
 
 # Lines Lightning prints that say nothing true or useful about a run here.
 LIGHTNING_NOISE = {
-    "lightning.pytorch.utilities.rank_zero": ("💡 Tip: ",),  # an advertisement, at every fit
+    # An advertisement at every fit; Lightning's word for a Ctrl+C outside training, which run.main says in its own.
+    "lightning.pytorch.utilities.rank_zero": ("💡 Tip: ", "Detected KeyboardInterrupt"),
     # A Ctrl+C reaches Lightning as SIGTERM (checkpointing.ROUTED_TO_SIGTERM); run.main names the real signal.
     "lightning.pytorch.trainer.connectors.signal_connector": ("Received SIGTERM",),
 }

@@ -135,17 +135,24 @@ def test_a_regularization_chosen_on_top_of_a_preset_is_the_one_that_trains(compo
                 assert OmegaConf.select(cfg, key) == value, (option, key)
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_builds_with_any_optimizer_or_scheduler_in_place_of_its_own(compose_config, name):
+@pytest.mark.parametrize("preset", [f"experiment={name}" for name in sorted(PRESETS)]
+                         + [f"hparams_search={name}" for name in _options("hparams_search")])
+def test_every_preset_builds_with_any_optimizer_or_scheduler_in_place_of_its_own(compose_config, preset):
     """A preset sets no keys that only its own optimizer or scheduler class takes (Adam has no momentum,
-    ExponentialLR no step_size), so `+experiment=batchnorm optimizer=adam` builds Adam with Adam's settings."""
+    ExponentialLR no step_size), so `+experiment=batchnorm optimizer=adam` builds Adam with Adam's settings: all
+    of them, but for a learning rate the study fixes (batchnorm_high_lr, resnet20: 0.1) and the weight decay its
+    regularization choice sets."""
     from cifar_ablate.config import check_config
     from cifar_ablate.training import build_classifier
+    fixed_lr = {"experiment=batchnorm_high_lr", "experiment=resnet20"}
     for group in ("optimizer", "scheduler"):
         for option in _options(group):
-            cfg = compose_config([f"+experiment={name}", f"{group}={option}"])
-            own = {k.split(".", 1)[1] for k in _values_set_by(group, option)}
-            assert set(cfg[group]) == own, option  # no keys of another class injected
+            cfg = compose_config([f"+{preset}", f"{group}={option}"])
+            own = {k.split(".", 1)[1]: v for k, v in _values_set_by(group, option).items()}
+            assert set(cfg[group]) == set(own), option  # no keys of another class injected
+            kept = {"weight_decay"} | ({"lr"} if preset in fixed_lr else set()) if group == "optimizer" else set()
+            assert {k: v for k, v in cfg[group].items() if k not in kept} == {
+                k: v for k, v in own.items() if k not in kept}, option
             check_config(cfg)
             classifier = build_classifier(cfg)
             classifier.optimizer_factory(classifier.parameters())  # torch checks an optimizer's keywords here

@@ -142,17 +142,23 @@ def test_a_sweeps_run_continued_alone_keeps_its_place_in_the_report(tmp_path, ci
     .hydra/hydra.yaml without a job number, so the report moved that run last and compared against another."""
     args = [f"data.root={cifar_root}", *FAST]
     assert run_cli("-m", "model=lenet,lenet_bn", *args, "hydra.sweep.dir=sweep", cwd=tmp_path).returncode == 0
-    record = (tmp_path / "sweep" / "model=lenet" / ".hydra" / "hydra.yaml").read_text()
+    record = tmp_path / "sweep" / "model=lenet" / ".hydra" / "hydra.yaml"
     assert run_cli("resume=sweep/model=lenet", cwd=tmp_path).returncode == 0  # completed: skipped
-    assert (tmp_path / "sweep" / "model=lenet" / ".hydra" / "hydra.yaml").read_text() == record  # left as it was
-    # Spelled out, Hydra rewrites the record; the run's metrics.json still says where it stands.
+    assert "    num: 0\n" in record.read_text()
+    # A run that never wrote its metrics.json (killed at its end), continued by hand: it records job 0 itself.
+    (tmp_path / "sweep" / "model=lenet" / "metrics.json").unlink()
     spelled = run_cli("model=lenet", *args, "hydra.run.dir='sweep/model=lenet'", cwd=tmp_path)
-    assert spelled.returncode == 0 and "num: ???" in (tmp_path / "sweep" / "model=lenet" / ".hydra" / "hydra.yaml").read_text()
+    assert spelled.returncode == 0, spelled.stderr[-2000:]
+    assert "    num: 0\n" in record.read_text()
+    assert json.loads((tmp_path / "sweep" / "model=lenet" / "metrics.json").read_text())["job_num"] == 0
     report = run_cli("sweep", cwd=tmp_path, module="cifar_ablate.report")
     assert report.returncode == 0, report.stderr
     with open(tmp_path / "sweep" / "summary.csv") as f:
         assert [(r["variant"], r["baseline"]) for r in csv.DictReader(f)] == [("model=lenet", "True"),
                                                                             ("model=lenet_bn", "False")]
+    # A single run has no place in a sweep.
+    assert run_cli(*args, "hydra.run.dir=single", cwd=tmp_path).returncode == 0
+    assert json.loads((tmp_path / "single" / "metrics.json").read_text())["job_num"] is None
 
 
 @pytest.mark.parametrize("args, message", [
@@ -219,6 +225,11 @@ def test_seeds_added_to_a_one_seed_sweep_with_a_setting_changed_are_refused(tmp_
         f"error: {tmp_path / 'sweep' / 'model=lenet'}: a run of this variant with another config (trainer.max_epochs: "
         "1 there, 2 now), which the report would count with this one; use a new sweep dir, or delete that run's dir")
     assert not (tmp_path / "sweep" / "model=lenet,seed=0" / "metrics.json").exists()
+    # A single run put into the sweep dir by hand as another seed of the variant is compared with it too.
+    by_hand = run_cli("model=lenet", "seed=5", *args[:-1], "trainer.max_epochs=2",
+                      "hydra.run.dir='sweep/model=lenet,seed=5'", cwd=tmp_path)
+    assert by_hand.returncode == 2 and by_hand.stderr.startswith(
+        f"error: {tmp_path / 'sweep' / 'model=lenet'}: a run of this variant with another config (trainer.max_epochs")
 
 
 def test_a_run_an_earlier_command_left_without_a_result_is_listed_but_does_not_fail_this_sweep(tmp_path, cifar_root):
@@ -254,33 +265,44 @@ def test_a_run_refused_for_another_config_keeps_its_hydra_record_so_resume_still
     assert resumed.returncode == 0 and "run: already completed, skipping" in resumed.stdout + resumed.stderr
 
 
-# Runs the CLI but presses Ctrl+C (a real SIGINT) while the data loads, before training installs its handlers.
-CTRL_C_WHILE_LOADING = """
+# Runs the CLI but presses Ctrl+C (a real SIGINT) outside training: while the data loads (before training routes
+# SIGINT to its own stop), or in the test after training, inside Lightning, which catches it itself.
+CTRL_C_OUTSIDE_TRAINING = """
 import os, signal
-from cifar_ablate import data
-load = data.CIFAR10DataModule.load
-def interrupted_load(self):
-    os.kill(os.getpid(), signal.SIGINT)
-    return load(self)
-data.CIFAR10DataModule.load = interrupted_load
+from cifar_ablate import classifier, data
+def press_ctrl_c_first(owner, name):
+    real = getattr(owner, name)
+    def pressed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+    setattr(owner, name, pressed)
+if os.environ["WHEN"] == "loading":
+    press_ctrl_c_first(data.CIFAR10DataModule, "load")
+else:
+    press_ctrl_c_first(classifier.Classifier, "test_step")
 from cifar_ablate.run import cli
 cli()
 """
 
 
-def test_ctrl_c_outside_training_is_one_line_that_says_how_to_continue(tmp_path, cifar_root):
-    stopped = run_cli(f"data.root={cifar_root}", *FAST, "hydra.run.dir=run", cwd=tmp_path, script=CTRL_C_WHILE_LOADING)
+@pytest.mark.parametrize("when", ["loading", "testing"])
+def test_ctrl_c_outside_training_is_one_line_that_says_how_to_continue(tmp_path, cifar_root, when):
+    stopped = run_cli(f"data.root={cifar_root}", *FAST, "hydra.run.dir=run", cwd=tmp_path,
+                      script=CTRL_C_OUTSIDE_TRAINING, env={"WHEN": when})
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"{tmp_path / 'run'}: stopped by SIGINT outside training, nothing new saved; to continue: "
         f"python -m cifar_ablate resume={tmp_path / 'run'}")
-    assert not (tmp_path / "run" / "metrics.json").exists()  # no record: a rerun trains it from the start
+    assert "Detected KeyboardInterrupt" not in stopped.stdout + stopped.stderr  # Lightning's own word, exit 1
+    assert not (tmp_path / "run" / "metrics.json").exists()  # no record: a rerun trains (or tests) it
     resumed = run_cli(f"resume={tmp_path / 'run'}", cwd=tmp_path)
-    assert resumed.returncode == 0 and json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+    assert resumed.returncode == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_a_report_whose_output_reader_goes_away_ends_without_a_traceback(tmp_path, cifar_root):
-    assert run_cli("-m", "seed=0,1", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path).returncode == 0
+    sweep = run_cli("-m", "seed=0,1", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert sweep.returncode == 0
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "cifar_ablate.report", "sweep"], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

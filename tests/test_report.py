@@ -253,15 +253,16 @@ def test_curves_follow_the_epochs_the_values_were_logged_in(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     from cifar_ablate.report import read_curves
-    # As Lightning writes them: every write carries the 0-based epoch at the same step.
+    # As Lightning writes them: every write carries the 0-based epoch at the same step, right after its values.
     writer = SummaryWriter(str(tmp_path))
     for epoch, step in enumerate((10, 20, 30, 40, 50, 60)):
-        writer.add_scalar("train/loss_epoch", 2.0 - epoch / 10, step)
-        writer.add_scalar("epoch", epoch, step)
+        t = 1000.0 + 10 * epoch
+        writer.add_scalar("epoch", epoch - 1, step, walltime=t - 5)  # an earlier write at the same step, another epoch
+        writer.add_scalar("train/loss_epoch", 2.0 - epoch / 10, step, walltime=t)
+        writer.add_scalar("epoch", epoch, step, walltime=t)
         if epoch % 3 == 2:
-            writer.add_scalar("val/acc", 0.1 * epoch, step)
-            writer.add_scalar("epoch", epoch, step)
-        writer.add_scalar("epoch", epoch + 1, step)  # a step value of the next epoch, logged at the same step
+            writer.add_scalar("val/acc", 0.1 * epoch, step, walltime=t + 1)
+            writer.add_scalar("epoch", epoch, step, walltime=t + 1)
     writer.close()
     (tmp_path / "metrics.csv").write_text("epoch,step,train/loss_epoch,val/acc\n6,70,1.35,\n6,70,,0.61\n")
     curves = read_curves(tmp_path)
