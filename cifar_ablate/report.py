@@ -190,6 +190,11 @@ def _fmt(value, digits=4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _fmt_p(p: float) -> str:
+    """A p-value to 3 places; one that rounds to 0 as "< 0.001" (a p-value is never 0)."""
+    return "< 0.001" if isinstance(p, float) and p < 0.0005 else _fmt(p, 3)
+
+
 def _pm(mean, std) -> str:
     return _fmt(mean) if math.isnan(std) else f"{_fmt(mean)} ± {_fmt(std)}"
 
@@ -207,8 +212,8 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
                        "untested (n < 2 or no spread)" if v["differs"] is None else "yes" if v["differs"] else "no")
             lines.append(f"| {v['variant']} | {v['status']} | {v['n']} | {_pm(v['test_acc_mean'], v['test_acc_std'])} "
                          f"| {_pm(v['best_val_acc_mean'], v['best_val_acc_std'])} "
-                         f"| {'' if v['baseline'] else _fmt(v['delta_vs_baseline'])} | {_fmt(v['p_value'], 3)} "
-                         f"| {_fmt(v['p_holm'], 3)} | {verdict} | {_fmt(v['epochs_mean'], 1)} "
+                         f"| {'' if v['baseline'] else _fmt(v['delta_vs_baseline'])} | {_fmt_p(v['p_value'])} "
+                         f"| {_fmt_p(v['p_holm'])} | {verdict} | {_fmt(v['epochs_mean'], 1)} "
                          f"| {_fmt(v['train_seconds_mean'], 1)} |")
         tested = sum(not math.isnan(v["p_value"]) for v in variants)
         if not tested:

@@ -275,3 +275,10 @@ def test_curves_follow_the_epochs_the_values_were_logged_in(tmp_path):
         (0.61, 7, 7))
     line = plot_curves({"model=a": [curves["val/acc"]]}, "validation accuracy", "Validation").axes[0].get_lines()[0]
     assert list(line.get_xdata()) == [3, 6, 7]
+
+
+def test_a_p_value_too_small_for_three_places_reads_as_below_them(tmp_path):
+    runs = [run("model=a", 0, 0.50), run("model=a", 1, 0.51), run("model=a", 2, 0.50),
+            run("model=b", 0, 0.90), run("model=b", 1, 0.91), run("model=b", 2, 0.90)]
+    markdown = summary_markdown(tmp_path, variant_rows(runs, None), runs)
+    assert "| 0.4000 | < 0.001 | < 0.001 | yes |" in markdown and "0.000 |" not in markdown
