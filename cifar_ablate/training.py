@@ -80,6 +80,8 @@ class RunProgress(Callback):
 
     An epoch's line is printed when the next epoch starts (or training ends): the training metrics of an
     epoch are logged by the module's on_train_epoch_end, which Lightning calls after the callbacks'.
+    The counts travel in every checkpoint, so a resumed run's times and images cover the whole run, not only
+    what ran after the resume (time a kill lost after the last checkpoint is not counted: that work is redone).
     """
 
     def __init__(self, print_lines: bool):
@@ -87,13 +89,30 @@ class RunProgress(Callback):
         self.epochs_done = 0
         self.train_seconds = 0.0
         self.epoch_seconds: list[float] = []
-        self.images_trained = 0  # by all processes, since this process started (or resumed)
-        self._start = self._epoch_start = None
+        self.images_trained = 0  # by all processes
+        self._start = self._epoch_start = None  # _epoch_start is None between epochs
+        self._seconds_before = 0.0  # trained before this process resumed the run
+        self._epoch_seconds_before = 0.0  # of the epoch a mid-epoch checkpoint was taken in
         self._printed = 0
         self._validated = 0  # the last epoch (from 1) that validation ran after
 
+    def _seconds(self) -> float:
+        return self._seconds_before + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        in_epoch = 0.0 if self._epoch_start is None else time.perf_counter() - self._epoch_start
+        return {"train_seconds": self._seconds(), "epoch_seconds": list(self.epoch_seconds),
+                "epoch_seconds_so_far": in_epoch, "images_trained": self.images_trained}
+
+    def load_state_dict(self, state: dict) -> None:  # Lightning calls it before on_train_start
+        self._seconds_before = state["train_seconds"]
+        self.epoch_seconds = list(state["epoch_seconds"])
+        self._epoch_seconds_before = state["epoch_seconds_so_far"]
+        self.images_trained = state["images_trained"]
+
     def on_train_start(self, trainer, pl_module):
-        self._start = self._epoch_start = time.perf_counter()  # a run resumed mid-epoch starts no epoch
+        self._start = time.perf_counter()
+        self._epoch_start = self._start - self._epoch_seconds_before  # a run resumed mid-epoch starts no epoch
         self._printed = self.epochs_done = trainer.current_epoch  # a resumed run starts past 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -104,6 +123,7 @@ class RunProgress(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         self.epochs_done = trainer.current_epoch + 1
         self.epoch_seconds.append(round(time.perf_counter() - self._epoch_start, 3))
+        self._epoch_start = None  # the epoch-end checkpoint, saved after this, is taken between epochs
 
     def _print_finished_epoch(self, trainer):
         if not self.print_lines or not trainer.is_global_zero or self._printed == self.epochs_done:
@@ -115,7 +135,7 @@ class RunProgress(Callback):
         shown = ("train/loss_epoch", "val/loss", "val/acc") if validated else ("train/loss_epoch",)
         parts = [f"epoch {self.epochs_done}/{trainer.max_epochs}"]
         parts += [f"{k} {float(m[k]):.4f}" for k in shown if k in m]
-        parts.append(f"{time.perf_counter() - self._start:.1f}s")
+        parts.append(f"{self._seconds():.1f}s")
         print("  ".join(parts), flush=True)
 
     def on_validation_epoch_end(self, trainer, pl_module):
@@ -128,7 +148,7 @@ class RunProgress(Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._print_finished_epoch(trainer)
-        self.train_seconds = time.perf_counter() - self._start
+        self.train_seconds = self._seconds()
         # Under trainer=ddp (ddp_spawn) this runs in a worker process; Lightning sends rank 0's
         # callback_metrics back to the process that called fit, so the counters go home with them.
         trainer.callback_metrics.update({
@@ -208,8 +228,10 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
     # Redrawing the bar every step costs more than the step.
     bar = [TQDMProgressBar(refresh_rate=20)] if trainer_cfg["enable_progress_bar"] else []
     callbacks = [progress, LearningRateMonitor(), resume,
-                 # No monitor and top-1: last.ckpt is rewritten at the end of every epoch.
-                 ModelCheckpoint(dirpath=resume.path.parent, filename=resume.path.stem, enable_version_counter=False),
+                 # No monitor and top-1: last.ckpt is rewritten at the end of every epoch, after its validation
+                 # (by default Lightning would save only after validations, so not between check_val_every_n_epoch).
+                 ModelCheckpoint(dirpath=resume.path.parent, filename=resume.path.stem, enable_version_counter=False,
+                                 save_on_train_epoch_end=True),
                  *bar]
     try:
         trainer = instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
@@ -251,7 +273,8 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         "best_val_acc": float(classifier.val_acc_best.max_value),  # also right where fit ran in workers
         "epochs": progress.epochs_done,
         "train_seconds": round(progress.train_seconds, 3),
-        "epoch_seconds": progress.epoch_seconds,  # each epoch trained by this process (a resumed run: since resuming)
+        "epoch_seconds": progress.epoch_seconds,
+        "images_trained": progress.images_trained,
         "images_per_second": round(progress.images_trained / max(progress.train_seconds, 1e-9), 1),
         "params": sum(p.numel() for p in classifier.model.parameters()),
         "peak_gpu_memory_mb": peak_gpu_memory_mb(trainer),

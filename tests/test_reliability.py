@@ -55,11 +55,31 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, uninterrupt
     a = json.loads((whole / "metrics.json").read_text())
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert b["epochs"] == 3
-    # Speed counts only what this process trained: epochs 2 and 3 of 250 images, over its own time.
-    assert len(b["epoch_seconds"]) == 2
-    # (train_seconds is stored rounded to ms; counting all 3 epochs would be 1.5x off)
-    assert b["images_per_second"] == pytest.approx(2 * 250 / b["train_seconds"], rel=0.02)
+    # Times and images cover the whole run, the epoch trained before the kill included (the killed part of
+    # epoch 2 is redone, so it is not counted).
+    assert (len(b["epoch_seconds"]), b["images_trained"]) == (3, a["images_trained"]) == (3, 3 * 250)
+    assert b["train_seconds"] > b["epoch_seconds"][0] + b["epoch_seconds"][1]
+    assert b["images_per_second"] == pytest.approx(3 * 250 / b["train_seconds"], rel=0.02)
     assert (b["test_acc"], b["test_loss"], b["best_val_acc"]) == (a["test_acc"], a["test_loss"], a["best_val_acc"])
+
+
+def test_a_run_validating_every_few_epochs_still_checkpoints_every_epoch(tmp_path, cifar_root):
+    """Killed in epoch 2 of a run that validates every 2 epochs, it continues from epoch 1's end."""
+    args = [f"data.root={cifar_root}", *FAST, "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2",
+            "model=lenet_dropout"]
+    whole = run_cli(*args, "hydra.run.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    killed = run_cli(*args, "hydra.run.dir=killed", cwd=tmp_path, script=SIGNAL_MID_EPOCH,
+                     env={"STOP_SIGNAL": "SIGKILL"})
+    assert killed.returncode == -9
+    saved = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 0  # taken at the end of epoch 1, which did not validate
+    resumed = run_cli(*args, "hydra.run.dir=killed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert (b["test_acc"], b["test_loss"], b["best_val_acc"]) == (a["test_acc"], a["test_loss"], a["best_val_acc"])
+    assert read_curves(tmp_path / "killed") == read_curves(tmp_path / "whole")
 
 
 @pytest.mark.parametrize("signame, how", [("SIGTERM", "same command"), ("SIGUSR1", "resume="),
@@ -93,9 +113,12 @@ def test_a_run_stopped_by_a_signal_saves_mid_epoch_and_resumes_bit_identically(t
     b = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
     assert b["status"] == "completed" and b["epochs"] == 3
     assert (b["test_acc"], b["test_loss"], b["best_val_acc"]) == (a["test_acc"], a["test_loss"], a["best_val_acc"])
-    # Speed counts only what this process trained: the 4 batches left of epoch 2 (3 x 32 + 26 images) and
-    # epoch 3's 250, over its own time.
-    assert b["images_per_second"] == pytest.approx((122 + 250) / b["train_seconds"], rel=0.02)
+    # Times and images cover the whole run: the part of epoch 2 before the signal counts in that epoch's time.
+    assert (len(b["epoch_seconds"]), b["images_trained"]) == (3, a["images_trained"]) == (3, 3 * 250)
+    before = saved["callbacks"]["RunProgress"]
+    assert before["epoch_seconds_so_far"] > 0 and len(before["epoch_seconds"]) == 1
+    assert b["epoch_seconds"][1] > before["epoch_seconds_so_far"] and b["train_seconds"] > before["train_seconds"]
+    assert b["images_per_second"] == pytest.approx(3 * 250 / b["train_seconds"], rel=0.02)
     # The interrupted epoch's training loss covers all its batches, those before the signal included.
     assert read_curves(tmp_path / "stopped")["train/loss_epoch"] == read_curves(whole)["train/loss_epoch"]
 
