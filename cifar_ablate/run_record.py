@@ -20,6 +20,9 @@ RESULT_STATUSES = ("completed", "diverged")  # a diverged run is a result (its a
 RESULT_KEYS = ("test_acc", "best_val_acc", "epochs", "train_seconds")  # what the report reads of a result
 # Kept from the run's first start: Hydra rewrites .hydra/ whenever a command runs into the dir.
 RUN_CONFIG = "run_config.json"
+# In RUN_CONFIG beside the config's keys: the option each group picked, to name a difference as the user typed
+# it (model: lenet there, lenet_bn now), never compared itself (an option renamed with the same values is alike).
+CHOICES_KEY = "(choices)"
 
 
 def write_json_whole(path: Path, content: dict, **dumps_options) -> None:
@@ -74,9 +77,18 @@ def what_it_computes(cfg: DictConfig) -> dict:
     return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
 
 
+def group_choices(cfg: Optional[DictConfig] = None) -> dict:
+    """The option each config group picked, Hydra's own groups aside: from `cfg`'s hydra node where it has one
+    (a Hydra callback's config), else from the Hydra job running now."""
+    from hydra.core.hydra_config import HydraConfig
+    hydra_cfg = cfg.hydra if cfg is not None and "hydra" in cfg else HydraConfig.get()
+    return {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+
+
 @rank_zero_only
 def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
-    write_json_whole(run_dir / RUN_CONFIG, what_it_computes(cfg), indent=1, sort_keys=True)
+    write_json_whole(run_dir / RUN_CONFIG, {**what_it_computes(cfg), CHOICES_KEY: group_choices()}, indent=1,
+                     sort_keys=True)
 
 
 def _holds_a_run(run_dir: Path) -> bool:
@@ -85,17 +97,26 @@ def _holds_a_run(run_dir: Path) -> bool:
             or (run_dir / "checkpoints" / "last.ckpt").exists())
 
 
-def _config_differences(run_dir: Path, now: dict, ignore: tuple = ()) -> str:
+def _config_differences(run_dir: Path, now: dict, now_choices: dict, ignore: tuple = ()) -> str:
     """How the config `run_dir`'s run started with differs from `now` ("" when alike, or when the run predates
     run_config.json), as a few `key: there, now` items."""
     path = run_dir / RUN_CONFIG
     if not path.exists():  # started before cifar_ablate kept it
         return ""
     saved = json.loads(path.read_text())
+    saved_choices = saved.pop(CHOICES_KEY, {})
     differ = sorted(k for k in saved.keys() | now.keys()
                     if k not in ignore and (k not in saved or k not in now or saved[k] != now[k]))
-    shown = ", ".join(f"{k}: {saved.get(k, 'unset')} there, {now.get(k, 'unset')} now" for k in differ[:3])
-    return shown + (", ..." if len(differ) > 3 else "")
+    # Keys of a group whose option changed read as that option: `model: lenet there, lenet_bn now`.
+    items = {}
+    for k in differ:
+        group = k.split(".")[0]
+        if group in saved_choices and saved_choices[group] != now_choices.get(group):
+            items[group] = f"{group}: {saved_choices[group]} there, {now_choices.get(group, 'unset')} now"
+        else:
+            items[k] = f"{k}: {saved.get(k, 'unset')} there, {now.get(k, 'unset')} now"
+    shown = ", ".join(list(items.values())[:3])
+    return shown + (", ..." if len(items) > 3 else "")
 
 
 def check_same_run(run_dir: Path, cfg: DictConfig, variant_runs: tuple = ()) -> None:
@@ -107,13 +128,13 @@ def check_same_run(run_dir: Path, cfg: DictConfig, variant_runs: tuple = ()) -> 
     Each must hold this config but for the seed, or the report would count runs of two settings as one variant:
     a one-seed sweep rerun into its dir with `seed=0,1` and a setting changed names its new runs `...,seed=0`,
     beside the old ones."""
-    now = what_it_computes(cfg)
-    shown = _config_differences(run_dir, now) if _holds_a_run(run_dir) else ""
+    now, choices = what_it_computes(cfg), group_choices(cfg)
+    shown = _config_differences(run_dir, now, choices) if _holds_a_run(run_dir) else ""
     if shown:
         raise ConfigError(f"{run_dir}: holds a run of another config ({shown}); use a new run or sweep dir, or "
                           "delete this run's dir to train it with this config")
     for other in variant_runs:
-        shown = _config_differences(other, now, ignore=("seed",)) if _holds_a_run(other) else ""
+        shown = _config_differences(other, now, choices, ignore=("seed",)) if _holds_a_run(other) else ""
         if shown:
             raise ConfigError(f"{other}: a run of this variant with another config ({shown}), which the report "
                               "would count with this one; use a new sweep dir, or delete that run's dir")

@@ -30,7 +30,7 @@ from cifar_ablate.data import CIFAR10DataModule
 from cifar_ablate.errors import ConfigError
 from cifar_ablate.penalty import WeightPenalty
 from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
-from cifar_ablate.run_record import write_run_config
+from cifar_ablate.run_record import group_choices, write_run_config
 from cifar_ablate.weight_init import init_weights
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         "params": sum(p.numel() for p in classifier.model.parameters()),
         "peak_gpu_memory_mb": peak_gpu_memory_mb(trainer),
         "name": cfg.name or run_dir.name,
-        "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
+        "choices": group_choices(),
     }
     final = {f"hparams/{k}": metrics[k] for k in ("test_acc", "test_loss", "best_val_acc")}
     if isinstance(logger, TensorBoardLogger):  # the HPARAMS tab pairs hyperparameters with these metrics

@@ -229,6 +229,10 @@ def test_a_sweep_rerun_into_its_dir_with_another_setting_is_refused_and_leaves_t
         f"error: {tmp_path / 'sweep' / 'seed=0'}: holds a run of another config (trainer.max_epochs: 1 there, 2 now); "
         "use a new run or sweep dir, or delete this run's dir to train it with this config")
     assert (tmp_path / "sweep" / "seed=0" / "metrics.json").read_text() == before
+    other_option = run_cli(*args, "optimizer=adam", cwd=tmp_path)  # named as typed, not by the keys it sets
+    assert other_option.returncode == 2
+    assert other_option.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'sweep' / 'seed=0'}: holds a run of another config (optimizer: sgd there, adam now); ")
     # Where and how it runs may change: the same sweep with another data.root spelling still skips its runs.
     again = run_cli(*args[:2], f"data.root={cifar_root}/.", *args[3:], cwd=tmp_path)
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already completed, skipping") == 2
@@ -360,6 +364,13 @@ def test_a_checkpoint_from_another_model_or_truncated_is_refused_in_one_line(tmp
 
     other = run_cli(*args, "model=lenet_bn", cwd=tmp_path)
     assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert other.stderr.strip().splitlines()[-1].startswith(  # the option as typed, not the keys it sets
+        f"error: {tmp_path / 'run'}: holds a run of another config (model: lenet there, lenet_bn now); ")
+    # A run from before the choices were kept names the keys.
+    kept = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    del kept["(choices)"]
+    (tmp_path / "run" / "run_config.json").write_text(json.dumps(kept))
+    other = run_cli(*args, "model=lenet_bn", cwd=tmp_path)
     assert other.stderr.strip().splitlines()[-1].startswith(
         f"error: {tmp_path / 'run'}: holds a run of another config (model.batch_norm: False there, True now")
     # A run from before run_config.json was kept: its checkpoint's tensors tell.
