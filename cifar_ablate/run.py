@@ -4,6 +4,7 @@
 Nothing here imports torch or Lightning at load: a config error is reported before those imports.
 """
 import logging
+import math
 import signal
 import sys
 import tempfile
@@ -227,9 +228,10 @@ def one_run(cfg: DictConfig, run_dir: Path) -> Optional[float]:
             raise
         return None
     write_metrics(run_dir, metrics)
-    log.info("%s: test_acc %.4f  best_val_acc %.4f  (%s, %d epoch%s, %.1f s)", metrics["name"],
-             metrics["test_acc"], metrics["best_val_acc"], metrics["status"], metrics["epochs"],
-             "" if metrics["epochs"] == 1 else "s", metrics["train_seconds"])
+    best = metrics["best_val_acc"]  # -inf when no epoch validated (max_epochs < check_val_every_n_epoch)
+    log.info("%s: test_acc %.4f  best_val_acc %s  (%s, %d epoch%s, %.1f s)", metrics["name"], metrics["test_acc"],
+             f"{best:.4f}" if math.isfinite(best) else "none (no epoch validated)", metrics["status"],
+             metrics["epochs"], "" if metrics["epochs"] == 1 else "s", metrics["train_seconds"])
     return objective(metrics)
 
 

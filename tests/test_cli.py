@@ -112,6 +112,15 @@ def test_validation_every_few_epochs_is_shown_and_drawn_at_the_epochs_it_ran(tmp
     assert list(curves["val/acc"]) == [2, 4] and list(curves["train/loss_epoch"]) == [1, 2, 3, 4]
 
 
+def test_a_run_that_never_validated_says_so_instead_of_a_best_accuracy(tmp_path, cifar_root):
+    result = run_cli(f"data.root={cifar_root}", *FAST, "trainer.check_val_every_n_epoch=2", "hydra.run.dir=run",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "run: test_acc 0." in output and "best_val_acc none (no epoch validated)" in output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["best_val_acc"] is None
+
+
 BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("optimizer.lr=0", "optimizer.lr=0: must be > 0"),
     ("optimizer.momentum=1.5", r"optimizer.momentum=1.5: must be in \[0, 1\)"),
