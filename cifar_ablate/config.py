@@ -6,7 +6,8 @@ are open mappings here; their keys are fixed by their YAML files, so a misspelt 
 This module imports neither torch nor Lightning at load (the checks that need them import them last), so a
 mistyped override is reported in about a second, not after several seconds of imports.
 """
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
@@ -117,8 +118,81 @@ def _require_number(group: DictConfig, prefix: str, keys: tuple, none_ok: bool =
             _require(ok, f"{prefix}.{key}", value, "must be a number")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first value that cannot work, before anything is trained."""
+TYPED_GROUPS = {"data": DataConfig, "augment": AugmentConfig, "regularization": RegularizationConfig,
+                "init": InitConfig}
+# Keys of an open group that cifar_ablate reads itself instead of passing them to the group's class.
+OWN_KEYS = {"scheduler": {"interval"}}
+# Keyword arguments cifar_ablate passes itself (the parameters, the optimizer, the trainer's logger, ...).
+PASSED_BY_US = {"params", "optimizer", "logger", "callbacks", "default_root_dir"}
+
+
+def _did_you_mean(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _check_schema_keys(cfg: DictConfig) -> None:
+    """A key added with `+` that the schema lacks (`+optimzer.lr=0.1`, `+data.batchsize=8`): the schema refuses a
+    misspelt key only without `+`, which Hydra's own message suggests adding, and nothing would read it."""
+    top = {f.name for f in fields(RunConfig)}
+    for key in cfg:
+        if key not in top:
+            raise ConfigError(f"{key}: not a config group or key, so nothing would read it{_did_you_mean(key, top)}")
+    for group, schema in TYPED_GROUPS.items():
+        known = {f.name for f in fields(schema)}
+        for key in cfg[group]:
+            if key not in known:
+                raise ConfigError(f"{group}.{key}: not a key of {group}{_did_you_mean(key, known)}")
+
+
+def _setters(group: str, key: str, choices: dict) -> list[str]:
+    """The options picked in other groups whose YAML sets `group.key` (regularization=dropout_0.3_0.2 sets
+    model.dropout2)."""
+    found = []
+    for other, choice in choices.items():
+        path = Path(CONFIG_DIR) / other / f"{choice}.yaml"
+        if other != group and isinstance(choice, str) and path.is_file():
+            if OmegaConf.select(OmegaConf.load(path), f"{group}.{key}", default=None) is not None:
+                found.append(f"{other}={choice}")
+    return found
+
+
+def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
+    """Every key of an open group must be a parameter of the class it builds (LeNet takes no dropout2): else the
+    run would fail with a traceback as it builds, after the data has loaded."""
+    import inspect
+
+    from hydra.utils import get_object
+    for group in ("model", "optimizer", "scheduler", "trainer", "logger"):
+        node = cfg[group]
+        target = node.get("_target_")
+        if not target:
+            continue
+        params = inspect.signature(get_object(target)).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue  # takes any keyword (TensorBoardLogger passes them on)
+        takes = set(params) - PASSED_BY_US
+        for key in node:
+            if key.startswith("_") or key in takes or key in OWN_KEYS.get(group, ()):
+                continue
+            choice, setters = choices.get(group), _setters(group, key, choices)
+            close = difflib.get_close_matches(key, list(takes), n=1)
+            message = f"{group}.{key}: not a parameter of {target.rsplit('.', 1)[-1]}"
+            message += f" ({group}={choice})" if choice else ""
+            message += f", which {' and '.join(setters)} sets" if setters else f"; did you mean {close[0]}?" if close else ""
+            allowed = sorted(takes | OWN_KEYS.get(group, set()))
+            message += f"; it takes {', '.join(allowed)}" if len(allowed) <= 12 and (setters or not close) else ""
+            # In a sweep that varies this group or the setting option, only the points it breaks fail.
+            raise ConfigError(message, keys=(group, *(s.split("=")[0] for s in setters)))
+
+
+def check_config(cfg: DictConfig, choices: Optional[dict] = None) -> None:
+    """Raise ConfigError naming the first value that cannot work, before anything is trained. `choices`: the
+    option picked in each group (to say which option set a key), read from the Hydra job when not given."""
+    if choices is None:
+        from hydra.core.hydra_config import HydraConfig
+        choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    _check_schema_keys(cfg)
     _require_number(cfg.model, "model", ("dropout", "dropout2"), none_ok=True)
     _require_number(cfg.model, "model", ("blocks_per_stage",))
     _require_number(cfg.optimizer, "optimizer", ("lr", "weight_decay", "momentum", "alpha"))
@@ -190,6 +264,11 @@ def check_config(cfg: DictConfig) -> None:
     _require(model.get("activation", "relu") in ACTIVATIONS, "model.activation", model.get("activation"),
              f"must be one of {', '.join(ACTIVATIONS)}")
     _require(cfg.init.scheme in SCHEMES, "init.scheme", cfg.init.scheme, f"must be one of {', '.join(SCHEMES)}")
+    _check_class_keys(cfg, choices)
+    _require(not cfg.trainer.get("fast_dev_run"), "trainer.fast_dev_run", cfg.trainer.get("fast_dev_run"),
+             "not supported: it turns off logging and checkpoints and trains a batch, so its run would look like a "
+             "result; for a quick check use trainer.max_epochs=1 trainer.limit_train_batches=2 "
+             "trainer.limit_val_batches=2 trainer.limit_test_batches=2")
 
     devices, strategy = cfg.trainer.get("devices", 1), cfg.trainer.get("strategy", "auto")
     several = (isinstance(devices, int) and (devices > 1 or devices == -1)) or cfg.trainer.get("num_nodes", 1) > 1

@@ -153,6 +153,18 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("trainer.limit_train_batches=0", r"trainer.limit_train_batches=0: must be > 0 \(a fraction or a batch count\)"),
     ("optimizer=adam optimizer.betas=[0.9,2]",
      r"optimizer: torch.optim.Adam refused its values \(Invalid beta parameter at index 1: 2\)"),
+    # Keys added with `+`, which Hydra's own refusal of a misspelt key suggests: nothing would read them, or the
+    # class would refuse them after the data loaded (a traceback).
+    ("+optimzer.lr=0.1", r"optimzer: not a config group or key, so nothing would read it; did you mean optimizer\?"),
+    ("+data.batchsize=8", r"data.batchsize: not a key of data; did you mean batch_size\?"),
+    ("+init.schem=xavier_normal", r"init.schem: not a key of init; did you mean scheme\?"),
+    ("+model.dropuot=0.3", r"model.dropuot: not a parameter of LeNet \(model=lenet\); did you mean dropout\?"),
+    ("scheduler=step +scheduler.gama=0.5",
+     r"scheduler.gama: not a parameter of StepLR \(scheduler=step\); did you mean gamma\?"),
+    ("regularization=dropout_0.3_0.2", r"model.dropout2: not a parameter of LeNet \(model=lenet\), which "
+                                       r"regularization=dropout_0.3_0.2 sets; it takes activation, batch_norm, "
+                                       r"dropout, num_classes"),
+    ("trainer.fast_dev_run=true", "trainer.fast_dev_run=True: not supported: it turns off logging and checkpoints"),
     ("data.root={tmp}/empty", "data.root=.*/empty: no CIFAR-10 at .*set data.download=true"),
     ("data.root={tmp}/truncated", ".*/data_batch_2: not a readable CIFAR-10 batch"),
     ("data.root={tmp}/labels", r".*/test_batch: labels must lie in 0..9, found 0..12"),
@@ -301,6 +313,26 @@ def test_a_bad_value_in_one_sweep_point_fails_that_run_and_the_sweep_goes_on(tmp
     failed = json.loads((sweep / "optimizer.lr=0" / "metrics.json").read_text())
     assert failed["error"] == "ConfigError: optimizer.lr=0: must be > 0" and "test_acc" not in failed
     assert not list((sweep / "optimizer.lr=0").glob("events.out.tfevents.*"))
+
+
+def test_an_option_that_fits_only_some_models_fails_only_their_sweep_points(tmp_path, cifar_root):
+    """dropout_0.3_0.2 is for cnn3: lenet's point is refused in one line (it was a traceback), cnn3's trains."""
+    result = run_cli("-m", "model=lenet,cnn3", "regularization=dropout_0.3_0.2", f"data.root={cifar_root}", *FAST,
+                     "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert ("error: model.dropout2: not a parameter of LeNet (model=lenet), which regularization=dropout_0.3_0.2 "
+            "sets; it takes activation, batch_norm, dropout, num_classes") in result.stderr.splitlines()
+    rows = {r["run"]: r["status"] for r in csv.DictReader(open(tmp_path / "sweep" / "runs.csv"))}
+    assert rows == {"model=lenet": "failed", "model=cnn3": "completed"}
+
+
+def test_a_key_misspelt_with_plus_stops_the_sweep_at_once(tmp_path, cifar_root):
+    result = run_cli("-m", "seed=0,1", "+data.batchsize=8", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines().count("error: data.batchsize: not a key of data; did you mean "
+                                                    "batch_size?") == 1
+    assert not list((tmp_path / "sweep").glob("*/metrics.json"))
 
 
 def test_images_per_second_counts_only_the_batches_trained(tmp_path, cifar_root):
