@@ -125,7 +125,9 @@ def welch_p(a: list[float], b: list[float]) -> float:
 
     if len(a) < 2 or len(b) < 2 or (len(set(a)) == 1 and len(set(b)) == 1):
         return math.nan
-    return float(ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # scipy's "precision loss" when one side has no spread (all at chance)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:
@@ -200,8 +202,9 @@ def _pm(mean, std) -> str:
 
 
 def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], note: Optional[str] = None,
-                     readings: Optional[list[dict]] = None) -> str:
-    multi_seed = any(v["n"] > 1 for v in variants)
+                     readings: Optional[list[dict]] = None, seeds_planned: int = 1) -> str:
+    # Several seeds run or planned: a sweep whose runs failed or have not started is no one-seed study.
+    multi_seed = seeds_planned > 1 or any(v["runs"] > 1 for v in variants)
     lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
     if multi_seed:
         lines += ["| variant | status | n | test_acc (mean ± std) | best_val_acc (mean ± std) "
@@ -217,8 +220,8 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
                          f"| {_fmt(v['train_seconds_mean'], 1)} |")
         tested = sum(not math.isnan(v["p_value"]) for v in variants)
         if not tested:
-            lines += ["", "Nothing is tested: Welch's t-test needs at least 2 seeds with a result, and a spread, in "
-                          "both a variant and the baseline. The differences shown may be seed noise."]
+            lines += ["", "Nothing is tested: Welch's t-test needs at least 2 seeds with a result in both a variant "
+                          "and the baseline, and a spread in at least one of them. The differences shown may be seed noise."]
         else:
             lines += ["", f"Test: Welch's two-sided t-test of each variant's test accuracies against the baseline's "
                           f"over seeds. \"yes\" when Holm's adjusted p < {ALPHA}: with {tested} variant"
@@ -473,6 +476,37 @@ def limits_note(sweep_dir: Path) -> Optional[str]:
             + "): their epochs, accuracies and losses are not those of the full study.")
 
 
+def planned_runs(sweep_dir: Path) -> Optional[list[str]]:
+    """The run names the sweep's last command planned, from its multirun.yaml, named as Hydra names them (the
+    overrides that vary, sorted); None when that cannot be told (no multirun.yaml, a sweeper other than Hydra's
+    basic one, such as Optuna's, whose trials are decided as it goes)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    from cifar_ablate.run import run_name
+    try:
+        hydra_cfg = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+        if not str(hydra_cfg.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            return None
+        parser = OverridesParser.create()
+        task = list(hydra_cfg.overrides.task)
+        params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]  # a preset's sweep
+        fixed = [o.key_or_group for o in parser.parse_overrides(task) if not o.is_sweep_override()]  # as RunNaming
+        excluded = list(hydra_cfg.job.config.override_dirname.exclude_keys) + fixed
+        (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(params + task), None)
+    except Exception:  # noqa: BLE001  (a file from another Hydra version, or edited: the plan is then unknown)
+        return None
+    return [run_name(get_overrides_dirname(parser.parse_overrides(job), excluded, ",", "="), num)
+            for num, job in enumerate(jobs)]
+
+
+def not_started(sweep_dir: Path, runs: list[dict]) -> list[str]:
+    """The planned runs that have no dir in the sweep (a sweep stopped before it reached them)."""
+    present = {r["run"] for r in runs}
+    return [name for name in dict.fromkeys(planned_runs(sweep_dir) or []) if name not in present]
+
+
 def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False) -> tuple[list[dict], list[dict], str]:
     """Write summary.md, summary.csv, runs.csv and the figures; return (variants, runs, summary markdown).
 
@@ -489,6 +523,13 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
         if strict:
             raise
         variants, note = variant_rows(runs, None), f"{e}; compared against the first variant instead."
+    missing = not_started(sweep_dir, runs)
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        missing_note = (f"{len(missing)} of the runs the sweep's last command planned (multirun.yaml) have not "
+                        f"started, so this study is incomplete: {shown}; rerun its command with "
+                        f"hydra.sweep.dir={sweep_dir} to run them.")
+        note = " ".join(n for n in (note, missing_note) if n)
     note = " ".join(n for n in (note, limits_note(sweep_dir)) if n) or None
     with open(sweep_dir / "runs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=("variant",) + RUN_COLUMNS + ("repeats",), extrasaction="ignore")
@@ -514,7 +555,10 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
         writer = csv.DictWriter(f, fieldnames=("variant", "metric", "epoch", "mean", "std", "n"))
         writer.writeheader()
         writer.writerows(rows)
-    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(rows))
+    planned = planned_runs(sweep_dir) or []
+    seeds_planned = max((sum(variant_of(n) == v for n in set(planned)) for v in {variant_of(n) for n in planned}),
+                        default=1)
+    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(rows), seeds_planned)
     (sweep_dir / "summary.md").write_text(markdown)
 
     for tag, ylabel, title, name in (("val/acc", "validation accuracy", "Validation accuracy per epoch", "val_acc.png"),
@@ -574,7 +618,8 @@ def main(argv=None):
     if not run_dirs(args.sweep_dir):
         sys.exit(f"error: {args.sweep_dir}: no runs here (expected sub-folders with a .hydra/ config)")
     try:
-        _, runs, markdown = write_report(args.sweep_dir, args.baseline, strict=True)
+        # Only a baseline asked for here is refused; the sweep's own may lack its runs yet (a sweep in progress).
+        _, runs, markdown = write_report(args.sweep_dir, args.baseline, strict=args.baseline is not None)
     except ConfigError as e:
         sys.exit(f"error: {e}")
     print(markdown)

@@ -217,6 +217,25 @@ def test_rerunning_a_sweep_redoes_only_runs_without_a_result(tmp_path, cifar_roo
     assert [len(read_curves(sweep / f"seed={s}")["val/acc"]) for s in (0, 1, 2)] == [1, 1, 1]
 
 
+def test_the_report_of_a_sweep_stopped_before_some_runs_started_names_them(tmp_path, cifar_root):
+    """Runs that never started have no dir: only the sweep's multirun.yaml tells that the study is incomplete."""
+    args = ["-m", "model=lenet,lenet_bn", "seed=0,1", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    sweep = tmp_path / "sweep"
+    assert "Note:" not in (sweep / "summary.md").read_text()
+    for name in ("model=lenet,seed=1", "model=lenet_bn,seed=0", "model=lenet_bn,seed=1"):
+        shutil.rmtree(sweep / name)  # as the sweep leaves them when stopped in its first run
+    report = run_cli(str(sweep), module="cifar_ablate.report", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    summary = (sweep / "summary.md").read_text()
+    assert (f"Note: 3 of the runs the sweep's last command planned (multirun.yaml) have not started, so this study "
+            f"is incomplete: model=lenet,seed=1, model=lenet_bn,seed=0, model=lenet_bn,seed=1; rerun its command with "
+            f"hydra.sweep.dir={sweep} to run them.") in summary
+    assert "One seed per variant" not in summary and "test_acc (mean ± std)" in summary  # 2 seeds were planned
+    again = run_cli(*args, cwd=tmp_path)  # as the note says
+    assert again.returncode == 0 and "Note:" not in (sweep / "summary.md").read_text()
+
+
 def test_a_sweep_rerun_into_its_dir_with_another_setting_is_refused_and_leaves_the_results(tmp_path, cifar_root):
     """Run names hold only what varies: without the check, trainer.max_epochs=2 would skip the 1-epoch runs
     and the report would show their results under the new setting."""

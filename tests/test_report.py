@@ -163,6 +163,44 @@ def test_a_several_seed_summary_with_nothing_testable_says_so(tmp_path):
     assert "| model=b | completed/failed | 1 | 0.7000 |" in markdown and "| untested (n < 2 or no spread) |" in markdown
 
 
+def test_a_several_seed_sweep_without_a_single_result_is_not_called_a_one_seed_study(tmp_path):
+    runs = [run("model=a", 0, None, "failed"), run("model=a", 1, None, "failed")]
+    markdown = summary_markdown(tmp_path, variant_rows(runs, None), runs)
+    assert "Nothing is tested" in markdown and "One seed per variant" not in markdown
+    one_seed = [run("model=a", 0, 0.5)]  # but two planned: the others have not started
+    assert "One seed per variant" not in summary_markdown(tmp_path, variant_rows(one_seed, None), one_seed,
+                                                          seeds_planned=2)
+    assert "One seed per variant" in summary_markdown(tmp_path, variant_rows(one_seed, None), one_seed)
+
+
+def test_the_planned_runs_are_named_as_hydra_names_the_sweeps_run_dirs(tmp_path):
+    """A preset's sweep (hydra.sweeper.params) times the command's; a sweep of the command replaces the preset's
+    own over that key; values given once join neither (RunNaming)."""
+    from cifar_ablate.report import planned_runs
+
+    multirun = """hydra:
+  sweeper:
+    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper
+    params:
+      optimizer.lr: 1.0,0.1
+  overrides:
+    task: [+experiment=lr_range, 'seed=0,1', trainer.accelerator=cpu, trainer.max_epochs=2]
+  job:
+    config:
+      override_dirname:
+        exclude_keys: [trainer.accelerator]
+"""
+    (tmp_path / "multirun.yaml").write_text(multirun)
+    assert planned_runs(tmp_path) == ["optimizer.lr=1.0,seed=0", "optimizer.lr=1.0,seed=1", "optimizer.lr=0.1,seed=0",
+                                      "optimizer.lr=0.1,seed=1"]
+    (tmp_path / "multirun.yaml").write_text(multirun.replace("'seed=0,1'", "'optimizer.lr=0.5,0.05'"))
+    assert planned_runs(tmp_path) == ["optimizer.lr=0.5", "optimizer.lr=0.05"]
+    (tmp_path / "multirun.yaml").write_text(multirun.replace("basic_sweeper.BasicSweeper", "optuna.OptunaSweeper"))
+    assert planned_runs(tmp_path) is None  # trials decided as the search goes
+    (tmp_path / "multirun.yaml").unlink()
+    assert planned_runs(tmp_path) is None
+
+
 def test_curve_readings_take_the_first_epoch_of_a_tie_and_mark_diverged_variants(tmp_path):
     curves = {"val/acc": {"lr=0.01": [[0.1, 0.3, 0.3]], "lr=1e8": [[0.1, 0.1]]},
               "val/loss": {"lr=0.01": [[2.0, 1.5, 1.5]], "lr=1e8": [[7e18, 7e18]]},
