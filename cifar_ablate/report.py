@@ -108,8 +108,19 @@ def variant_of(run_name: str) -> str:
     return ",".join(kept) or "default"
 
 
+def _same_value(value: str) -> str:
+    """A value as Hydra names runs with it: true as True, 1e-3 as 0.001."""
+    if value in ("true", "false"):
+        return value.title()
+    try:
+        return repr(float(value)) if re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", value, re.IGNORECASE) else value
+    except ValueError:
+        return value
+
+
 def _unordered(run_name: str) -> list[str]:
-    return sorted(re.sub(r"=(true|false)$", lambda m: m.group(0).title(), item) for item in name_items(run_name))
+    items = [item.split("=", 1) for item in name_items(run_name)]
+    return sorted(f"{kv[0]}={_same_value(kv[1])}" if len(kv) == 2 else kv[0] for kv in items)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -285,10 +285,17 @@ def resume_overrides(args: list[str]) -> list[str]:
     return [*kept, *others, "hydra.mode=RUN", f"hydra.run.dir={quoted_dir}"]
 
 
+def quote_baseline(args: list[str]) -> list[str]:
+    """`baseline=model=lenet_bn` as `baseline='model=lenet_bn'`: a run name holds `=` (and `,`), which Hydra's
+    override grammar takes only quoted, refusing the plain form with a message that names no key."""
+    return [f"baseline='{a.split('=', 1)[1]}'" if a.startswith("baseline=") and "=" in a.split("=", 1)[1]
+            and a.split("=", 1)[1][:1] not in "'\"" else a for a in args]
+
+
 def cli() -> None:
-    """`python -m cifar_ablate`: `main` with `resume=<run dir>` expanded first."""
+    """`python -m cifar_ablate`: `main` with `resume=<run dir>` expanded and a `baseline=` run name quoted first."""
     try:
-        sys.argv[1:] = resume_overrides(sys.argv[1:])
+        sys.argv[1:] = resume_overrides(quote_baseline(sys.argv[1:]))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

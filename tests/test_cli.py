@@ -57,7 +57,9 @@ def test_single_run_writes_metrics_and_tensorboard_logs(tmp_path, cifar_root):
 
 
 def test_sweep_over_three_models(tmp_path, cifar_root):
-    result = run_cli("-m", "model=lenet,lenet_dropout,lenet_bn", f"data.root={cifar_root}", *FAST, cwd=tmp_path)
+    # A baseline given as a run name, unquoted (Hydra's grammar takes '=' in a value only quoted).
+    result = run_cli("-m", "model=lenet,lenet_dropout,lenet_bn", "baseline=model=lenet_bn", f"data.root={cifar_root}",
+                     *FAST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     sweeps = list((tmp_path / "outputs" / "multirun").glob("*/*"))
     assert len(sweeps) == 1
@@ -72,6 +74,7 @@ def test_sweep_over_three_models(tmp_path, cifar_root):
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == names and all(r["status"] == "completed" for r in rows)
+    assert [r["baseline"] for r in rows] == ["False", "False", "True"]
     assert all(0 <= float(r["test_acc_mean"]) <= 1 for r in rows)
     summary_md = (sweep / "summary.md").read_text()
     assert all(f"| {n} | completed |" in summary_md for n in names)

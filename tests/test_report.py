@@ -61,6 +61,10 @@ def test_variant_rows_compare_against_the_named_baseline():
                           run("augment=crop,data.normalize=True", 0, 0.6)],
                          baseline="data.normalize=true,augment=none")  # as a user types it: any order, true
     assert [r["baseline"] for r in named] == [True, False]
+    numbers = variant_rows([run("optimizer.lr=0.001,optimizer=adam", 0, 0.5), run("optimizer.lr=0.01,optimizer=adam",
+                                                                                0, 0.6)],
+                           baseline="optimizer=adam,optimizer.lr=1e-3")  # as the preset's sweep spells it
+    assert [r["baseline"] for r in numbers] == [True, False]
     with pytest.raises(ConfigError, match="model=A"):  # other values keep their case: act=ReLU is not act=relu
         variant_rows([run("model=a", 0, 0.5)], baseline="model=A")
     first = variant_rows(runs, baseline=None)[0]
