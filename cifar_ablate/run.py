@@ -23,7 +23,7 @@ from cifar_ablate.config import CONFIG_DIR, check_config, where_and_how_keys
 from cifar_ablate.console import ReaderGoneStdout
 from cifar_ablate.errors import CheckpointError, ConfigError, UserError
 from cifar_ablate.report import name_items, run_dirs, variant_of
-from cifar_ablate.run_record import RESULT_STATUSES, check_same_run, read_metrics, write_metrics
+from cifar_ablate.run_record import RESULT_STATUSES, check_same_run, first_overrides, read_metrics, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +280,15 @@ def resume_overrides(args: list[str]) -> list[str]:
         raise UserError(f"{given[-1]}: continues with the run's own config, so {changed[0]} cannot be given; "
                         f"only where and how it runs may change ({', '.join(sorted(where_and_how))})")
     quoted_dir = "'" + str(run_dir).replace("'", "\\'") + "'"  # a sweep's run dir holds '=' and ','
-    keys = {a.split("=", 1)[0] for a in others}
-    kept = [a for a in OmegaConf.load(saved) if a.split("=", 1)[0] not in keys]  # e.g. data.root moved
+
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+    latest, first = list(OmegaConf.load(saved)), first_overrides(run_dir)
+    # What the run computes as it started; where and how as the latest command into the dir said (data moved).
+    own = latest if first is None else [a for a in first if key(a) not in where_and_how] + [
+        a for a in latest if key(a) in where_and_how]
+    keys = {key(a) for a in others}
+    kept = [a for a in own if key(a) not in keys]  # e.g. data.root moved
     return [*kept, *others, "hydra.mode=RUN", f"hydra.run.dir={quoted_dir}"]
 
 

@@ -23,6 +23,9 @@ RUN_CONFIG = "run_config.json"
 # In RUN_CONFIG beside the config's keys: the option each group picked, to name a difference as the user typed
 # it (model: lenet there, lenet_bn now), never compared itself (an option renamed with the same values is alike).
 CHOICES_KEY = "(choices)"
+# Also kept there: the overrides the run started with, which `resume=` continues with (a later command into the
+# dir, even a refused sweep rerun, rewrites .hydra/overrides.yaml).
+OVERRIDES_KEY = "(overrides)"
 
 
 def write_json_whole(path: Path, content: dict, **dumps_options) -> None:
@@ -77,6 +80,12 @@ def what_it_computes(cfg: DictConfig) -> dict:
     return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
 
 
+def first_overrides(run_dir: Path) -> Optional[list]:
+    """The overrides `run_dir`'s run started with; None for a run from before cifar_ablate kept them."""
+    path = run_dir / RUN_CONFIG
+    return json.loads(path.read_text()).get(OVERRIDES_KEY) if path.is_file() else None
+
+
 def group_choices(cfg: Optional[DictConfig] = None) -> dict:
     """The option each config group picked, Hydra's own groups aside: from `cfg`'s hydra node where it has one
     (a Hydra callback's config), else from the Hydra job running now."""
@@ -87,8 +96,10 @@ def group_choices(cfg: Optional[DictConfig] = None) -> dict:
 
 @rank_zero_only
 def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
-    write_json_whole(run_dir / RUN_CONFIG, {**what_it_computes(cfg), CHOICES_KEY: group_choices()}, indent=1,
-                     sort_keys=True)
+    from hydra.core.hydra_config import HydraConfig
+    write_json_whole(run_dir / RUN_CONFIG, {**what_it_computes(cfg), CHOICES_KEY: group_choices(),
+                                            OVERRIDES_KEY: list(HydraConfig.get().overrides.task)},
+                     indent=1, sort_keys=True)
 
 
 def _holds_a_run(run_dir: Path) -> bool:
@@ -105,6 +116,7 @@ def _config_differences(run_dir: Path, now: dict, now_choices: dict, ignore: tup
         return ""
     saved = json.loads(path.read_text())
     saved_choices = saved.pop(CHOICES_KEY, {})
+    saved.pop(OVERRIDES_KEY, None)  # how the run was asked for, not what it computes
     differ = sorted(k for k in saved.keys() | now.keys()
                     if k not in ignore and (k not in saved or k not in now or saved[k] != now[k]))
     # Keys of a group whose option changed read as that option: `model: lenet there, lenet_bn now`.

@@ -158,6 +158,13 @@ def test_resume_expands_to_the_runs_own_overrides_into_its_dir(tmp_path, compose
     assert (cfg.hydra.mode, cfg.model.batch_norm, cfg.seed, cfg.data.root) == (RunMode.RUN, True, 1, "/new")
     cfg = compose_config(args, return_hydra_config=True)
     assert cfg.hydra.run.dir == str(run_dir)
+    # A later command into the dir (a refused sweep rerun) rewrote .hydra/: what the run computes comes from the
+    # overrides it started with (run_config.json), where and how it runs from the latest command.
+    (run_dir / "run_config.json").write_text(json.dumps({"(overrides)": ["model=lenet_bn", "seed=1", "data.root=/old"]}))
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- model=lenet\n- seed=1\n- trainer.max_epochs=2\n"
+                                                       "- data.root=/newer\n")
+    args = resume_overrides([f"resume={run_dir}"])
+    assert args[:3] == ["model=lenet_bn", "seed=1", "data.root=/newer"] and "trainer.max_epochs=2" not in args
 
 
 def test_a_sweeps_run_continued_alone_keeps_its_place_in_the_report(tmp_path, cifar_root):
@@ -252,6 +259,11 @@ def test_a_sweep_rerun_into_its_dir_with_another_setting_is_refused_and_leaves_t
     assert other_option.returncode == 2
     assert other_option.stderr.strip().splitlines()[-1].startswith(
         f"error: {tmp_path / 'sweep' / 'seed=0'}: holds a run of another config (optimizer: sgd there, adam now); ")
+    # Hydra rewrote the run's .hydra/ with each refused command's overrides before the check: resume= still
+    # continues the run as it started, not as a refused command asked for it.
+    resumed = run_cli(f"resume={tmp_path / 'sweep' / 'seed=0'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "seed=0: already completed, skipping" in resumed.stdout + resumed.stderr
     # Where and how it runs may change: the same sweep with another data.root spelling still skips its runs.
     again = run_cli(*args[:2], f"data.root={cifar_root}/.", *args[3:], cwd=tmp_path)
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already completed, skipping") == 2
