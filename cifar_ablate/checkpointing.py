@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cifar_ablate.errors import CheckpointError
+from cifar_ablate.report import SWEEP_PID_ENV
 
 # Lightning already turns SIGTERM into a stop at the next batch end; these two are routed to it.
 ROUTED_TO_SIGTERM = (signal.SIGINT, signal.SIGUSR1)
@@ -33,7 +34,9 @@ class ResumeCheckpoint(Callback):
         self.path = Path(path)
         self.stopped_by: Optional[int] = None
         self.ctrl_c = False
+        self.orphaned = False  # stopped because the sweep process that started this trial is gone
         self._previous_handlers: dict = {}
+        self._sweep_pid: Optional[int] = None
 
     def state_dict(self) -> dict:
         return {"torch_rng": torch.get_rng_state(),
@@ -49,6 +52,10 @@ class ResumeCheckpoint(Callback):
         os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_start(self, trainer, pl_module):
+        # Only where this process is a trial the sweep process started itself: not the sweep process's own trials
+        # (basic launcher), nor a SLURM job, nor a run whose shell merely went away (nohup).
+        parent = os.getppid()
+        self._sweep_pid = parent if os.environ.get(SWEEP_PID_ENV) == str(parent) else None
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set handlers (e.g. not under some launchers' threads)
         for signum in ROUTED_TO_SIGTERM:
@@ -58,6 +65,11 @@ class ResumeCheckpoint(Callback):
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._sweep_pid is not None and os.getppid() != self._sweep_pid and not self.orphaned:
+            self.orphaned = True  # re-parented: the sweep process ended; stop here as on SIGTERM (checkpoint saved)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_end(self, trainer, pl_module):
         self._restore_handlers()

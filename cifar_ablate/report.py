@@ -51,6 +51,10 @@ def run_dirs(sweep_dir: Path) -> list[Path]:
 
 # Set for every job of a sweep by SweepSummary, so that the sweep's end knows which runs in its dir it launched.
 LAUNCH_KEY = "CIFAR_ABLATE_LAUNCH"
+# Set by SweepSummary in the sweep's process, for the trials a launcher starts from it: a trial whose parent it is
+# (a joblib worker) stops when that process is gone (killed), instead of training on unseen, its sweep's other runs
+# never launched.
+SWEEP_PID_ENV = "CIFAR_ABLATE_SWEEP_PID"
 
 
 def _job_num(hydra_record, metrics: dict) -> int:
@@ -595,9 +599,11 @@ class SweepSummary(Callback):
     (a one-seed sweep's, before seeds were added) are noted, and do not fail this command, which never runs them."""
 
     def on_multirun_start(self, config, **kwargs):
+        import os
         import uuid
 
         from omegaconf import read_write
+        os.environ[SWEEP_PID_ENV] = str(os.getpid())  # inherited by the trials a launcher starts here
         self.launch = uuid.uuid4().hex
         with read_write(config.hydra):  # Hydra applies these to every job's config, which records them
             config.hydra.overrides.hydra.append(f"+hydra.job.env_set.{LAUNCH_KEY}='{self.launch}'")  # a string

@@ -5,6 +5,7 @@ Nothing here imports torch or Lightning at load: a config error is reported befo
 """
 import logging
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -212,8 +213,13 @@ def one_run(cfg: DictConfig, run_dir: Path) -> Optional[float]:
         saved = f"{resume.path} saved" if resume.path.exists() else "no checkpoint yet"
         write_metrics(run_dir, {"status": "interrupted", "signal": signame, "epoch": progress.epochs_done,
                                 **run_identity(cfg)})
-        print(f"{run_dir}: stopped by {signame} in epoch {progress.epochs_done + 1} ({progress.epochs_done} "
+        why = "as the sweep process that started it is gone" if resume.orphaned else f"by {signame}"
+        print(f"{run_dir}: stopped {why} in epoch {progress.epochs_done + 1} ({progress.epochs_done} "
               f"finished); {saved}; to continue: {how_to_continue(run_dir)}", file=sys.stderr)
+        if resume.orphaned:  # a pool worker no one waits on: end the process, not just this task
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(128 + resume.stopped_by)
         sys.exit(128 + resume.stopped_by)
     except SystemExit:  # after SIGTERMException, which is one
         if resume.ctrl_c:  # Lightning's sys.exit(1) for a Ctrl+C inside fit or test: told as one, by main
@@ -307,5 +313,10 @@ def cli() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.stdout = ReaderGoneStdout(sys.stdout)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # in a sweep process whose trials run elsewhere (joblib): each stops and says so
+        print("stopped by SIGINT; runs stopped mid-training saved a checkpoint; to continue: rerun the sweep's "
+              "command with hydra.sweep.dir=<its dir>", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 

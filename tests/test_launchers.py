@@ -28,6 +28,53 @@ def test_parallel_launcher_runs_trials_at_once_and_survives_a_failed_one(tmp_pat
     assert "Joblib.Parallel(n_jobs=2" in result.stdout  # the trials really went through joblib
 
 
+def test_parallel_trials_stop_and_save_when_their_sweep_process_is_killed(tmp_path, cifar_root):
+    """`kill <sweep pid>` ends only the sweep process: its joblib workers trained on unseen (found by helper-3).
+    Each now stops at its next batch, saves its checkpoint, records itself as interrupted and ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["PYTHONPATH"] = str(REPO)
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=parallel", "model=lenet,lenet_bn", f"data.root={cifar_root}", *FAST,
+            "trainer.max_epochs=1000", "hydra.sweep.dir=sweep"]
+    main = subprocess.Popen([sys.executable, "-m", "cifar_ablate", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpts = [sweep / name / "checkpoints" / "last.ckpt" for name in ("model=lenet", "model=lenet_bn")]
+    deadline = time.time() + 120
+    while not all(c.exists() for c in ckpts) and time.time() < deadline:
+        time.sleep(0.5)
+    assert all(c.exists() for c in ckpts), "the trials did not start training"
+    workers = {int(next((c.parent.parent).glob("events.out.tfevents.*")).name.split(".")[-2]) for c in ckpts}
+    assert main.pid not in workers
+    main.send_signal(signal.SIGTERM)
+    main.wait(timeout=60)
+    metrics = [c.parent.parent / "metrics.json" for c in ckpts]
+    deadline = time.time() + 120
+    while not all(m.exists() for m in metrics) and time.time() < deadline:
+        time.sleep(0.5)
+    records = [json.loads(m.read_text()) for m in metrics]
+    assert [(r["status"], r["signal"]) for r in records] == [("interrupted", "SIGTERM")] * 2
+    for pid in workers:  # the workers end too, rather than idling in their pool
+        for _ in range(60):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"worker {pid} still alive")
+    said = main.stderr.read()  # the workers wrote to the same stderr
+    for name in ("model=lenet", "model=lenet_bn"):
+        assert f"{sweep / name}: stopped as the sweep process that started it is gone in epoch " in said
+
+
 def test_submitit_local_launcher_runs_each_trial_as_a_job_and_survives_a_failed_one(tmp_path, cifar_root):
     result = run_cli("-m", "hydra/launcher=submitit_local", "trainer.accumulate_grad_batches=1,2,0",
                      f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
