@@ -325,6 +325,9 @@ def main(argv=None):
         if args.command == "download":
             print(f"CIFAR-10 at {download_cifar10(args.root)}")
         else:
+            if not batch_dir(args.root).is_dir():  # read_cifar10's advice names the run's config keys
+                sys.exit(f"error: --root {args.root}: no CIFAR-10 at {batch_dir(args.root)}; fetch it with "
+                         f"python -m cifar_ablate.data download --root {args.root}")
             mean, std = channel_stats(read_cifar10(args.root)["train"][0])
             print(f"data.mean=[{','.join(map(str, mean))}] data.std=[{','.join(map(str, std))}]")
     except DataError as e:

@@ -352,3 +352,10 @@ def test_a_bad_value_every_sweep_point_shares_stops_the_sweep_at_once(tmp_path, 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines().count("error: optimizer.lr=0: must be > 0") == 1
     assert not list((tmp_path / "sweep").glob("*/metrics.json"))
+
+
+def test_help_names_the_program_and_lists_the_groups(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("cifar_ablate is powered by Hydra.")
+    assert all(f"\n{group}: " in result.stdout for group in ("model", "optimizer", "scheduler", "regularization"))
