@@ -426,7 +426,12 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
     if len(drawn) and drawn.min() > 0 and drawn.max() / drawn.min() > 1e3:  # a loss heading for divergence
         ax.set_yscale("log")  # would flatten every other line to zero on a linear axis
         ylabel += " (log scale)"
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    xs = np.concatenate([line.get_xdata() for line in ax.get_lines()] or [np.array([])]).astype(float)
+    if len(xs) and xs.max() - xs.min() < 10:  # few epochs: a tick at each (the locator drew 0.945 ... 1.065 for one)
+        ax.set_xticks(range(int(xs.min()), int(xs.max()) + 1))
+        ax.set_xlim(xs.min() - 0.5, xs.max() + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -128,6 +128,15 @@ def test_curve_figure_has_labelled_axes_and_one_line_per_variant():
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.31, 0.405, 0.51])
 
 
+def test_a_short_curve_gets_a_tick_at_each_epoch_and_no_fractional_ones():
+    fig = plot_curves({"model=a": [{1: 0.5}], "model=b": [{1: 0.6}]}, "validation accuracy", "one epoch")
+    fig.canvas.draw()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1"]
+    fig = plot_curves({"model=a": [{1: 0.5, 2: 0.6, 3: 0.7}]}, "validation accuracy", "three epochs")
+    fig.canvas.draw()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "3"]
+
+
 def test_a_diverged_variant_keeps_a_legend_entry_that_says_why_it_has_no_line():
     nan, inf = float("nan"), float("inf")
     fig = plot_curves({"lr=0.01": [[2.0, 1.5, 1.2]], "lr=1.0": [[nan], [inf]], "lr=0.5": [[2.1, nan], [2.0, 1.6]]},
