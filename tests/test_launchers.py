@@ -28,11 +28,9 @@ def test_parallel_launcher_runs_trials_at_once_and_survives_a_failed_one(tmp_pat
     assert "Joblib.Parallel(n_jobs=2" in result.stdout  # the trials really went through joblib
 
 
-def test_parallel_trials_stop_and_save_when_their_sweep_process_is_killed(tmp_path, cifar_root):
-    """`kill <sweep pid>` ends only the sweep process: its joblib workers trained on unseen (found by helper-3).
-    Each now stops at its next batch, saves its checkpoint, records itself as interrupted and ends."""
+def start_training_parallel_sweep(tmp_path, cifar_root):
+    """A 2-trial joblib sweep in a session of its own (as a terminal's foreground job), once both trials train."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -40,27 +38,34 @@ def test_parallel_trials_stop_and_save_when_their_sweep_process_is_killed(tmp_pa
     from conftest import REPO
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["PYTHONPATH"] = str(REPO)
-    sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=parallel", "model=lenet,lenet_bn", f"data.root={cifar_root}", *FAST,
             "trainer.max_epochs=1000", "hydra.sweep.dir=sweep"]
     main = subprocess.Popen([sys.executable, "-m", "cifar_ablate", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    ckpts = [sweep / name / "checkpoints" / "last.ckpt" for name in ("model=lenet", "model=lenet_bn")]
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    runs = [tmp_path / "sweep" / name for name in ("model=lenet", "model=lenet_bn")]
     deadline = time.time() + 120
-    while not all(c.exists() for c in ckpts) and time.time() < deadline:
+    while not all((r / "checkpoints" / "last.ckpt").exists() for r in runs) and time.time() < deadline:
         time.sleep(0.5)
-    assert all(c.exists() for c in ckpts), "the trials did not start training"
-    workers = {int(next((c.parent.parent).glob("events.out.tfevents.*")).name.split(".")[-2]) for c in ckpts}
+    assert all((r / "checkpoints" / "last.ckpt").exists() for r in runs), "the trials did not start training"
+    # The worker's pid is in its TensorBoard event file's name.
+    workers = {int(next(r.glob("events.out.tfevents.*")).name.split(".")[-2]) for r in runs}
     assert main.pid not in workers
-    main.send_signal(signal.SIGTERM)
-    main.wait(timeout=60)
-    metrics = [c.parent.parent / "metrics.json" for c in ckpts]
+    return main, runs, workers
+
+
+def wait_for_records(runs) -> list[dict]:
+    import time
     deadline = time.time() + 120
-    while not all(m.exists() for m in metrics) and time.time() < deadline:
+    while not all((r / "metrics.json").exists() for r in runs) and time.time() < deadline:
         time.sleep(0.5)
-    records = [json.loads(m.read_text()) for m in metrics]
-    assert [(r["status"], r["signal"]) for r in records] == [("interrupted", "SIGTERM")] * 2
-    for pid in workers:  # the workers end too, rather than idling in their pool
+    return [json.loads((r / "metrics.json").read_text()) for r in runs]
+
+
+def assert_ended(pids):
+    import os
+    import signal
+    import time
+    for pid in pids:  # the workers end too, rather than idling in their pool
         for _ in range(60):
             try:
                 os.kill(pid, 0)
@@ -70,9 +75,34 @@ def test_parallel_trials_stop_and_save_when_their_sweep_process_is_killed(tmp_pa
         else:
             os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"worker {pid} still alive")
+
+
+def test_parallel_trials_stop_and_save_when_their_sweep_process_is_killed(tmp_path, cifar_root):
+    """`kill <sweep pid>` ends only the sweep process: its joblib workers trained on unseen (found by helper-3).
+    Each now stops at its next batch, saves its checkpoint, records itself as interrupted and ends."""
+    import signal
+    main, runs, workers = start_training_parallel_sweep(tmp_path, cifar_root)
+    main.send_signal(signal.SIGTERM)
+    main.wait(timeout=60)
+    assert [(r["status"], r["signal"]) for r in wait_for_records(runs)] == [("interrupted", "SIGTERM")] * 2
+    assert_ended(workers)
     said = main.stderr.read()  # the workers wrote to the same stderr
-    for name in ("model=lenet", "model=lenet_bn"):
-        assert f"{sweep / name}: stopped as the sweep process that started it is gone in epoch " in said
+    for run in runs:
+        assert f"{run}: stopped as the sweep process that started it is gone in epoch " in said
+
+
+def test_ctrl_c_stops_every_parallel_trial_and_the_sweep_in_one_line_each(tmp_path, cifar_root):
+    import os
+    import signal
+    main, runs, workers = start_training_parallel_sweep(tmp_path, cifar_root)
+    os.killpg(main.pid, signal.SIGINT)  # as a terminal's Ctrl+C: to the whole foreground process group
+    assert main.wait(timeout=60) == 130
+    said = main.stderr.read()
+    assert "Traceback" not in said
+    assert ("stopped by SIGINT; runs stopped mid-training saved a checkpoint; to continue: rerun the sweep's command "
+            "with hydra.sweep.dir=<its dir>") in said.splitlines()  # the workers' own lines may come after it
+    assert [(r["status"], r["signal"]) for r in wait_for_records(runs)] == [("interrupted", "SIGINT")] * 2
+    assert_ended(workers)
 
 
 def test_submitit_local_launcher_runs_each_trial_as_a_job_and_survives_a_failed_one(tmp_path, cifar_root):
