@@ -166,9 +166,17 @@ def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
     for group in ("model", "optimizer", "scheduler", "trainer", "logger"):
         node = cfg[group]
         target = node.get("_target_")
-        if not target:
+        if not target:  # e.g. scheduler=none: nothing is built, so nothing would read a key
+            unused = [k for k in node if not k.startswith("_") and k not in OWN_KEYS.get(group, ())]
+            if unused:
+                raise ConfigError(f"{group}.{unused[0]}: {group}={choices.get(group, 'this option')} builds nothing, "
+                                  "so nothing would read it")
             continue
-        params = inspect.signature(get_object(target)).parameters
+        try:
+            params = inspect.signature(get_object(target)).parameters
+        except Exception as e:  # noqa: BLE001  (a class that is not there, or not in this torch)
+            raise ConfigError(f"{group}._target_={target}: cannot be imported ({type(e).__name__})",
+                              keys=(group, f"{group}._target_")) from None
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue  # takes any keyword (TensorBoardLogger passes them on)
         takes = set(params) - PASSED_BY_US
@@ -182,8 +190,9 @@ def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
             message += f", which {' and '.join(setters)} sets" if setters else f"; did you mean {close[0]}?" if close else ""
             allowed = sorted(takes | OWN_KEYS.get(group, set()))
             message += f"; it takes {', '.join(allowed)}" if len(allowed) <= 12 and (setters or not close) else ""
-            # In a sweep that varies this group or the setting option, only the points it breaks fail.
-            raise ConfigError(message, keys=(group, *(s.split("=")[0] for s in setters)))
+            # Set by another option (dropout_0.3_0.2): in a sweep that varies either group, only the points it
+            # breaks fail. Given by hand (+model.dropuot): every point shares it, and the sweep stops at once.
+            raise ConfigError(message, keys=(group, *(s.split("=")[0] for s in setters)) if setters else ())
 
 
 def check_config(cfg: DictConfig, choices: Optional[dict] = None) -> None:

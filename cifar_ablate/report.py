@@ -20,6 +20,7 @@ import argparse
 import csv
 import logging
 import math
+import os
 import re
 import sys
 import warnings
@@ -521,6 +522,20 @@ def planned_runs(sweep_dir: Path) -> Optional[list[str]]:
             for num, job in enumerate(jobs)]
 
 
+# multirun.yaml as the command before this one left it: Hydra rewrites the file as a sweep starts, also for a
+# command that is then refused (a changed setting, a bad value every run shares), whose plan is not the study's.
+PREVIOUS_PLAN = ".multirun.previous.yaml"
+
+
+def restore_plan(sweep_dir: Path) -> None:
+    """Put back the multirun.yaml of the command before a refused one (none: a new sweep dir, left without one)."""
+    previous, plan = sweep_dir / PREVIOUS_PLAN, sweep_dir / "multirun.yaml"
+    if previous.exists():
+        os.replace(previous, plan)
+    else:
+        plan.unlink(missing_ok=True)
+
+
 def not_started(sweep_dir: Path, runs: list[dict]) -> list[str]:
     """The planned runs that have no dir in the sweep (a sweep stopped before it reached them)."""
     present = {r["run"] for r in runs}
@@ -604,17 +619,21 @@ class SweepSummary(Callback):
     (a one-seed sweep's, before seeds were added) are noted, and do not fail this command, which never runs them."""
 
     def on_multirun_start(self, config, **kwargs):
-        import os
+        import shutil
         import uuid
 
         from omegaconf import read_write
         os.environ[SWEEP_PID_ENV] = str(os.getpid())  # inherited by the trials a launcher starts here
+        plan = Path(config.hydra.sweep.dir) / "multirun.yaml"
+        if plan.exists():
+            shutil.copyfile(plan, plan.with_name(PREVIOUS_PLAN))
         self.launch = uuid.uuid4().hex
         with read_write(config.hydra):  # Hydra applies these to every job's config, which records them
             config.hydra.overrides.hydra.append(f"+hydra.job.env_set.{LAUNCH_KEY}='{self.launch}'")  # a string
 
     def on_multirun_end(self, config, **kwargs):
         sweep_dir = Path(config.hydra.sweep.dir)
+        (sweep_dir / PREVIOUS_PLAN).unlink(missing_ok=True)  # this command ran: its plan is the study's
         _, runs, markdown = write_report(sweep_dir, config.get("baseline"))
         print(f"\nSweep summary ({sweep_dir / 'summary.md'}):\n{markdown}", flush=True)
         ours = [r for r in runs if r["launch"] == self.launch]

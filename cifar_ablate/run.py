@@ -23,7 +23,7 @@ from omegaconf.errors import InterpolationResolutionError
 from cifar_ablate.config import CONFIG_DIR, check_config, where_and_how_keys
 from cifar_ablate.console import ReaderGoneStdout
 from cifar_ablate.errors import CheckpointError, ConfigError, UserError
-from cifar_ablate.report import name_items, run_dirs, variant_of
+from cifar_ablate.report import name_items, restore_plan, run_dirs, variant_of
 from cifar_ablate.run_record import RESULT_STATUSES, check_same_run, first_overrides, read_metrics, write_metrics
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def refuse_other_run(run_dir: Path, cfg: DictConfig) -> None:
         check_same_run(run_dir, cfg, siblings)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            restore_plan(run_dir.parent)
         sys.exit(2)
 
 
@@ -261,6 +263,7 @@ def refuse(error: UserError, cfg: DictConfig, run_dir: Path, epochs_done: int) -
             write_metrics(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}",
                                     "epoch": epochs_done, **run_identity(cfg)})
             return None
+        restore_plan(run_dir.parent)  # the whole command is refused: its plan is not the study's
     sys.exit(2)
 
 
@@ -316,7 +319,10 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt:  # in a sweep process whose trials run elsewhere (joblib): each stops and says so
-        print("stopped by SIGINT; runs stopped mid-training saved a checkpoint; to continue: rerun the sweep's "
-              "command with hydra.sweep.dir=<its dir>", file=sys.stderr)
+        if {"-m", "--multirun"} & set(sys.argv[1:]):
+            print("stopped by SIGINT; runs stopped mid-training saved a checkpoint; to continue: rerun the sweep's "
+                  "command with hydra.sweep.dir=<its dir>", file=sys.stderr)
+        else:  # before the run started (Hydra composing its config)
+            print("stopped by SIGINT before the run started; nothing saved", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
 

@@ -160,11 +160,14 @@ class RunProgress(Callback):
     def collect(self, trainer) -> None:
         """After fit, in the process that called it: take over what the (possibly spawned) workers counted."""
         m = trainer.callback_metrics
-        if "progress/epochs_done" in m:  # absent when fit had no epoch left to train
+        if "progress/epochs_done" in m:
             self.epochs_done = int(m["progress/epochs_done"])
             self.train_seconds = float(m["progress/train_seconds"])
             self.epoch_seconds = m["progress/epoch_seconds"].tolist()
             self.images_trained = int(m["progress/images_trained"])
+        else:  # fit had no epoch left to train (stopped after its last checkpoint): the checkpoint's counts
+            self.epochs_done = trainer.current_epoch
+            self.train_seconds = self._seconds_before
 
 
 def build_datamodule(cfg: DictConfig) -> CIFAR10DataModule:

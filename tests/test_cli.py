@@ -168,6 +168,9 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
                                        r"regularization=dropout_0.3_0.2 sets; it takes activation, batch_norm, "
                                        r"dropout, num_classes"),
     ("trainer.fast_dev_run=true", "trainer.fast_dev_run=True: not supported: it turns off logging and checkpoints"),
+    ("scheduler=none +scheduler.gamma=0.1", "scheduler.gamma: scheduler=none builds nothing, so nothing would read it"),
+    ("model._target_=cifar_ablate.models.Nope", r"model._target_=cifar_ablate.models.Nope: cannot be imported "
+                                                r"\(ImportError\)"),
     ("data.root={tmp}/empty", "data.root=.*/empty: no CIFAR-10 at .*set data.download=true"),
     ("data.root={tmp}/truncated", ".*/data_batch_2: not a readable CIFAR-10 batch"),
     ("data.root={tmp}/labels", r".*/test_batch: labels must lie in 0..9, found 0..12"),
@@ -336,6 +339,11 @@ def test_a_key_misspelt_with_plus_stops_the_sweep_at_once(tmp_path, cifar_root):
     assert result.stderr.strip().splitlines().count("error: data.batchsize: not a key of data; did you mean "
                                                     "batch_size?") == 1
     assert not list((tmp_path / "sweep").glob("*/metrics.json"))
+    # Also when the sweep varies the group: no option of it takes the misspelt key.
+    result = run_cli("-m", "model=lenet,cnn3", "+model.dropuot=0.3", f"data.root={cifar_root}", *FAST,
+                     "hydra.sweep.dir=sweep2", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert not list((tmp_path / "sweep2").glob("*/metrics.json"))
 
 
 def test_images_per_second_counts_only_the_batches_trained(tmp_path, cifar_root):

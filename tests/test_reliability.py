@@ -63,6 +63,20 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, uninterrupt
     assert (b["test_acc"], b["test_loss"], b["best_val_acc"]) == (a["test_acc"], a["test_loss"], a["best_val_acc"])
 
 
+def test_a_run_stopped_after_its_last_epoch_counts_its_epochs_and_time_when_rerun(tmp_path, cifar_root):
+    """Killed while testing: the rerun has no epoch left to train; its record takes the checkpoint's counts."""
+    args = [f"data.root={cifar_root}", *FAST, "hydra.run.dir=run"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    first = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    (tmp_path / "run" / "metrics.json").unlink()
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    again = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (again["epochs"], again["images_trained"], len(again["epoch_seconds"])) == (1, 250, 1)
+    assert 0 < again["train_seconds"] <= first["train_seconds"]
+    assert again["images_per_second"] == pytest.approx(250 / again["train_seconds"], rel=0.02)
+    assert again["test_acc"] == first["test_acc"]
+
+
 def test_a_run_validating_every_few_epochs_still_checkpoints_every_epoch(tmp_path, cifar_root):
     """Killed in epoch 2 of a run that validates every 2 epochs, it continues from epoch 1's end."""
     args = [f"data.root={cifar_root}", *FAST, "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2",
@@ -264,6 +278,12 @@ def test_a_sweep_rerun_into_its_dir_with_another_setting_is_refused_and_leaves_t
     resumed = run_cli(f"resume={tmp_path / 'sweep' / 'seed=0'}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "seed=0: already completed, skipping" in resumed.stdout + resumed.stderr
+    # A refused command's plan is not the study's: Hydra had rewritten multirun.yaml with its 4 seeds, and the
+    # report then called the 2-seed study incomplete.
+    more_seeds = run_cli("-m", "seed=0,1,2,3", *args[2:], "trainer.max_epochs=2", cwd=tmp_path)
+    assert more_seeds.returncode == 2
+    report = run_cli(str(tmp_path / "sweep"), module="cifar_ablate.report", cwd=tmp_path)
+    assert report.returncode == 0 and "have not started" not in report.stdout
     # Where and how it runs may change: the same sweep with another data.root spelling still skips its runs.
     again = run_cli(*args[:2], f"data.root={cifar_root}/.", *args[3:], cwd=tmp_path)
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already completed, skipping") == 2
