@@ -497,6 +497,18 @@ def limits_note(sweep_dir: Path) -> Optional[str]:
             + "): their epochs, accuracies and losses are not those of the full study.")
 
 
+def test_set_validation_note(sweep_dir: Path) -> Optional[str]:
+    """Says so when runs validated on the test set (data.val_size=0): their best_val_acc, and a best epoch picked
+    by it, are then test-set numbers."""
+    runs = run_dirs(sweep_dir)
+    on_test = sum(OmegaConf.select(OmegaConf.load(r / ".hydra" / "config.yaml"), "data.val_size", default=None) == 0
+                  for r in runs if (r / ".hydra" / "config.yaml").exists())
+    if not on_test:
+        return None
+    return (f"{on_test} of {len(runs)} runs validated on the test set (data.val_size=0): their best_val_acc and "
+            "validation curves are test-set numbers, not a held-out choice.")
+
+
 def planned_runs(sweep_dir: Path) -> Optional[list[str]]:
     """The run names the sweep's last command planned, from its multirun.yaml, named as Hydra names them (the
     overrides that vary, sorted); None when that cannot be told (no multirun.yaml, a sweeper other than Hydra's
@@ -565,7 +577,7 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
                         f"started, so this study is incomplete: {shown}; rerun its command with "
                         f"hydra.sweep.dir={sweep_dir} to run them.")
         note = " ".join(n for n in (note, missing_note) if n)
-    note = " ".join(n for n in (note, limits_note(sweep_dir)) if n) or None
+    note = " ".join(n for n in (note, limits_note(sweep_dir), test_set_validation_note(sweep_dir)) if n) or None
     with open(sweep_dir / "runs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=("variant",) + RUN_COLUMNS + ("repeats",), extrasaction="ignore")
         writer.writeheader()

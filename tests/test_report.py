@@ -266,6 +266,9 @@ def test_runs_limited_to_part_of_a_split_are_flagged_at_the_top_of_the_summary(t
             "their epochs, accuracies and losses are not those of the full study.") in markdown
     (tmp_path / runs[0]["run"] / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 1\n")
     assert "Note:" not in write_report(tmp_path)[2]
+    (tmp_path / runs[1]["run"] / ".hydra" / "config.yaml").write_text("data:\n  val_size: 0\n")
+    assert ("Note: 1 of 2 runs validated on the test set (data.val_size=0): their best_val_acc and validation "
+            "curves are test-set numbers, not a held-out choice.") in write_report(tmp_path)[2]
 
 
 @pytest.mark.filterwarnings("ignore:No artists with labels")  # these hand-made runs have no curves to draw
