@@ -161,6 +161,16 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("+optimzer.lr=0.1", r"optimzer: not a config group or key, so nothing would read it; did you mean optimizer\?"),
     ("+data.batchsize=8", r"data.batchsize: not a key of data; did you mean batch_size\?"),
     ("+init.schem=xavier_normal", r"init.schem: not a key of init; did you mean scheme\?"),
+    ("data.root={tmp}/empty", "data.root=.*/empty: no CIFAR-10 at .*set data.download=true"),
+    ("data.root={tmp}/truncated", ".*/data_batch_2: not a readable CIFAR-10 batch"),
+    ("data.root={tmp}/labels", r".*/test_batch: labels must lie in 0..9, found 0..12"),
+]
+
+
+# Refusals check_config makes once it has imported the options' classes (keys no parameter takes, a class that is
+# not there): checked in-process, as a CLI run would import Lightning for each; the CLI path is BAD_VALUES', and
+# sweeps of such keys are in the tests below.
+CLASS_KEYS = [
     ("+model.dropuot=0.3", r"model.dropuot: not a parameter of LeNet \(model=lenet\); did you mean dropout\?"),
     ("scheduler=step +scheduler.gama=0.5",
      r"scheduler.gama: not a parameter of StepLR \(scheduler=step\); did you mean gamma\?"),
@@ -171,10 +181,23 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("scheduler=none +scheduler.gamma=0.1", "scheduler.gamma: scheduler=none builds nothing, so nothing would read it"),
     ("model._target_=cifar_ablate.models.Nope", r"model._target_=cifar_ablate.models.Nope: cannot be imported "
                                                 r"\(ImportError\)"),
-    ("data.root={tmp}/empty", "data.root=.*/empty: no CIFAR-10 at .*set data.download=true"),
-    ("data.root={tmp}/truncated", ".*/data_batch_2: not a readable CIFAR-10 batch"),
-    ("data.root={tmp}/labels", r".*/test_batch: labels must lie in 0..9, found 0..12"),
 ]
+
+
+@pytest.mark.parametrize("override, message", CLASS_KEYS)
+def test_a_key_the_options_class_does_not_take_is_refused_in_one_line(compose_config, override, message):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from cifar_ablate.config import check_config
+    from cifar_ablate.errors import ConfigError
+    overrides = override.split()
+    choices = {"model": "lenet", "scheduler": "none", "regularization": "none", "trainer": "default"}
+    for o in OverridesParser.create().parse_overrides(overrides):  # the group options picked, as Hydra records them
+        if o.key_or_group in choices:
+            choices[o.key_or_group] = o.value()
+    with pytest.raises(ConfigError) as refused:
+        check_config(compose_config(overrides), choices=choices)
+    assert re.fullmatch(message + ".*", str(refused.value))
 
 
 @pytest.mark.parametrize("override, message", BAD_VALUES)
