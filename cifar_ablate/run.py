@@ -284,11 +284,6 @@ def resume_overrides(args: list[str]) -> list[str]:
                         "and checkpoints/")
     where_and_how = where_and_how_keys()
     others = [a for a in args if not a.startswith("resume=")]
-    changed = [a for a in others if a.split("=", 1)[0].lstrip("+~") not in where_and_how]
-    if changed:
-        raise UserError(f"{given[-1]}: continues with the run's own config, so {changed[0]} cannot be given; "
-                        f"only where and how it runs may change ({', '.join(sorted(where_and_how))})")
-    quoted_dir = "'" + str(run_dir).replace("'", "\\'") + "'"  # a sweep's run dir holds '=' and ','
 
     def key(override: str) -> str:
         return override.split("=", 1)[0].lstrip("+~")
@@ -296,6 +291,11 @@ def resume_overrides(args: list[str]) -> list[str]:
     # What the run computes as it started; where and how as the latest command into the dir said (data moved).
     own = latest if first is None else [a for a in first if key(a) not in where_and_how] + [
         a for a in latest if key(a) in where_and_how]
+    changed = [a for a in others if key(a) not in where_and_how and a not in own]  # its own value may be repeated
+    if changed:
+        raise UserError(f"{given[-1]}: continues with the run's own config, so {changed[0]} cannot be given; "
+                        f"only where and how it runs may change ({', '.join(sorted(where_and_how))})")
+    quoted_dir = "'" + str(run_dir).replace("'", "\\'") + "'"  # a sweep's run dir holds '=' and ','
     keys = {key(a) for a in others}
     kept = [a for a in own if key(a) not in keys]  # e.g. data.root moved
     return [*kept, *others, "hydra.mode=RUN", f"hydra.run.dir={quoted_dir}"]

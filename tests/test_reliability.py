@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra.types import RunMode
 
+from cifar_ablate.errors import UserError
 from cifar_ablate.report import read_curves
 from cifar_ablate.run import fresh_dir, resume_overrides
 from conftest import FAST, REPO, run_cli
@@ -179,6 +180,10 @@ def test_resume_expands_to_the_runs_own_overrides_into_its_dir(tmp_path, compose
                                                        "- data.root=/newer\n")
     args = resume_overrides([f"resume={run_dir}"])
     assert args[:3] == ["model=lenet_bn", "seed=1", "data.root=/newer"] and "trainer.max_epochs=2" not in args
+    # The run's own value may be given again (a command line reused); another one is refused.
+    assert resume_overrides([f"resume={run_dir}", "model=lenet_bn"]).count("model=lenet_bn") == 1
+    with pytest.raises(UserError, match="so model=lenet cannot be given"):
+        resume_overrides([f"resume={run_dir}", "model=lenet"])
 
 
 def test_a_sweeps_run_continued_alone_keeps_its_place_in_the_report(tmp_path, cifar_root):
