@@ -320,8 +320,8 @@ def cli() -> None:
         main()
     except KeyboardInterrupt:  # in a sweep process whose trials run elsewhere (joblib): each stops and says so
         if {"-m", "--multirun"} & set(sys.argv[1:]):
-            print("stopped by SIGINT; runs stopped mid-training saved a checkpoint; to continue: rerun the sweep's "
-                  "command with hydra.sweep.dir=<its dir>", file=sys.stderr)
+            print("stopped by SIGINT; each run continues from its last checkpoint: rerun the sweep's command with "
+                  "hydra.sweep.dir=<its dir>", file=sys.stderr)
         else:  # before the run started (Hydra composing its config)
             print("stopped by SIGINT before the run started; nothing saved", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
