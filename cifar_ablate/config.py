@@ -184,12 +184,12 @@ def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
             if key.startswith("_") or key in takes or key in OWN_KEYS.get(group, ()):
                 continue
             choice, setters = choices.get(group), _setters(group, key, choices)
-            close = difflib.get_close_matches(key, list(takes), n=1)
+            hint = _did_you_mean(key, takes)
             message = f"{group}.{key}: not a parameter of {target.rsplit('.', 1)[-1]}"
             message += f" ({group}={choice})" if choice else ""
-            message += f", which {' and '.join(setters)} sets" if setters else f"; did you mean {close[0]}?" if close else ""
+            message += f", which {' and '.join(setters)} sets" if setters else hint
             allowed = sorted(takes | OWN_KEYS.get(group, set()))
-            message += f"; it takes {', '.join(allowed)}" if len(allowed) <= 12 and (setters or not close) else ""
+            message += f"; it takes {', '.join(allowed)}" if len(allowed) <= 12 and (setters or not hint) else ""
             # Set by another option (dropout_0.3_0.2): in a sweep that varies either group, only the points it
             # breaks fail. Given by hand (+model.dropuot): every point shares it, and the sweep stops at once.
             raise ConfigError(message, keys=(group, *(s.split("=")[0] for s in setters)) if setters else ())

@@ -548,10 +548,10 @@ def restore_plan(sweep_dir: Path) -> None:
         plan.unlink(missing_ok=True)
 
 
-def not_started(sweep_dir: Path, runs: list[dict]) -> list[str]:
+def not_started(planned: list[str], runs: list[dict]) -> list[str]:
     """The planned runs that have no dir in the sweep (a sweep stopped before it reached them)."""
     present = {r["run"] for r in runs}
-    return [name for name in dict.fromkeys(planned_runs(sweep_dir) or []) if name not in present]
+    return [name for name in dict.fromkeys(planned) if name not in present]
 
 
 def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False) -> tuple[list[dict], list[dict], str]:
@@ -570,7 +570,8 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
         if strict:
             raise
         variants, note = variant_rows(runs, None), f"{e}; compared against the first variant instead."
-    missing = not_started(sweep_dir, runs)
+    planned = planned_runs(sweep_dir) or []  # read once: the note and the table's layout both use it
+    missing = not_started(planned, runs)
     if missing:
         shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
         missing_note = (f"{len(missing)} of the runs the sweep's last command planned (multirun.yaml) have not "
@@ -602,7 +603,6 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
         writer = csv.DictWriter(f, fieldnames=("variant", "metric", "epoch", "mean", "std", "n"))
         writer.writeheader()
         writer.writerows(rows)
-    planned = planned_runs(sweep_dir) or []
     seeds_planned = max((sum(variant_of(n) == v for n in set(planned)) for v in {variant_of(n) for n in planned}),
                         default=1)
     markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(rows), seeds_planned)
