@@ -308,9 +308,24 @@ def quote_baseline(args: list[str]) -> list[str]:
             and a.split("=", 1)[1][:1] not in "'\"" else a for a in args]
 
 
+# Hydra's modes, of which a command takes one (Hydra's own refusal of two is a traceback).
+MODE_FLAGS = {"-r": "--run", "--run": "--run", "-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg",
+              "--cfg": "--cfg", "-i": "--info", "--info": "--info", "-sc": "--shell-completion",
+              "--shell-completion": "--shell-completion"}
+
+
+def check_one_mode(args: list[str]) -> None:
+    modes = list(dict.fromkeys(MODE_FLAGS[a.split("=", 1)[0]] for a in args if a.split("=", 1)[0] in MODE_FLAGS))
+    if len(modes) > 1:
+        hint = "; to see a sweep point's config, give its values without -m" if "--multirun" in modes else ""
+        raise UserError(f"{' and '.join(modes)}: give one of --run, --multirun, --cfg, --info, --shell-completion"
+                        + hint)
+
+
 def cli() -> None:
     """`python -m cifar_ablate`: `main` with `resume=<run dir>` expanded and a `baseline=` run name quoted first."""
     try:
+        check_one_mode(sys.argv[1:])
         sys.argv[1:] = resume_overrides(quote_baseline(sys.argv[1:]))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -78,7 +78,7 @@ def compose_config():
     """Compose the run config as Hydra does for `python -m cifar_ablate <overrides>`."""
     from hydra import compose, initialize_config_dir
 
-    import cifar_ablate.config  # noqa: F401  (registers the schema)
+    import cifar_ablate.run  # noqa: F401  (registers the schema and the resolvers, as `python -m cifar_ablate` does)
     from cifar_ablate.config import CONFIG_DIR
 
     def _compose(overrides=(), return_hydra_config=False):

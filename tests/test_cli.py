@@ -390,3 +390,12 @@ def test_help_names_the_program_and_lists_the_groups(tmp_path):
     assert result.returncode == 0
     assert result.stdout.startswith("cifar_ablate is powered by Hydra.")
     assert all(f"\n{group}: " in result.stdout for group in ("model", "optimizer", "scheduler", "regularization"))
+
+
+def test_a_sweep_asked_for_its_config_is_one_line_that_says_what_to_do(tmp_path):
+    result = run_cli("-m", "model=lenet,lenet_bn", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: --multirun and --cfg: give one of --run, --multirun, --cfg, --info, "
+                                     "--shell-completion; to see a sweep point's config, give its values without -m")
+    single = run_cli("model=lenet_bn", "--cfg", "job", cwd=tmp_path)  # one point's config, as the line says
+    assert single.returncode == 0 and "batch_norm: true" in single.stdout
