@@ -161,11 +161,15 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
     return adjusted
 
 
-def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
+def variant_rows(runs: list[dict], baseline: Optional[str], search: bool = False) -> list[dict]:
+    """One row per variant, compared with the baseline (the first variant unless named); for a `search` (trials a
+    sweeper such as Optuna drew) no baseline and no test, the rows ranked by the objective, best_val_acc."""
     variants: dict[str, list[dict]] = {}
     for r in runs:
         variants.setdefault(r["variant"], []).append(r)
-    if baseline is None:
+    if search:
+        baseline = None
+    elif baseline is None:
         baseline = next(iter(variants), None)
     elif baseline not in variants:
         # Hydra names runs with sorted keys and Python's True/False: data.normalize=true,augment=none means
@@ -177,7 +181,8 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
         baseline = same[0]
     accuracy = {v: [r["test_acc"] for r in rs if counted(r) and r.get("test_acc") is not None]
                 for v, rs in variants.items()}
-    p_values = {v: math.nan if v == baseline else welch_p(accuracy[v], accuracy[baseline]) for v in variants}
+    p_values = {v: math.nan if search or v == baseline else welch_p(accuracy[v], accuracy[baseline])
+                for v in variants}
     adjusted = holm(p_values)
     rows = []
     for variant, rs in variants.items():
@@ -186,17 +191,21 @@ def variant_rows(runs: list[dict], baseline: Optional[str]) -> list[dict]:
         val_mean, val_std = _mean_std([r["best_val_acc"] for r in results if r.get("best_val_acc") is not None])
         p, p_holm = p_values[variant], adjusted[variant]
         statuses = sorted({r["status"] for r in rs})
+        trial = min(r["job_num"] for r in rs) if all("job_num" in r for r in rs) else None
         rows.append({
             "variant": variant, "baseline": variant == baseline, "n": len(accuracy[variant]), "runs": len(rs),
+            "trial": trial if trial is not None and trial < 1 << 30 else None,
             "status": "/".join(statuses),
             "diverged": sum(r["status"] == "diverged" and r.get("test_acc") is not None for r in results),  # among n
             "test_acc_mean": test_mean, "test_acc_std": test_std,
             "best_val_acc_mean": val_mean, "best_val_acc_std": val_std,
-            "delta_vs_baseline": test_mean - _mean_std(accuracy[baseline])[0],
+            "delta_vs_baseline": math.nan if search else test_mean - _mean_std(accuracy[baseline])[0],
             "p_value": p, "p_holm": p_holm, "differs": (p_holm < ALPHA) if not math.isnan(p_holm) else None,
             "epochs_mean": _mean_std([r["epochs"] for r in results])[0],
             "train_seconds_mean": _mean_std([r["train_seconds"] for r in results])[0],
         })
+    if search:  # best first; trials without a value last
+        rows.sort(key=lambda v: -v["best_val_acc_mean"] if not math.isnan(v["best_val_acc_mean"]) else math.inf)
     return rows
 
 
@@ -218,11 +227,27 @@ def _pm(mean, std) -> str:
 
 
 def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], note: Optional[str] = None,
-                     readings: Optional[list[dict]] = None, seeds_planned: int = 1) -> str:
+                     readings: Optional[list[dict]] = None, seeds_planned: int = 1,
+                     search: Optional[str] = None) -> str:
+    """`search`: the sweeper (e.g. OptunaSweeper) whose trials these are, ranked by the objective, not tested."""
     # Several seeds run or planned: a sweep whose runs failed or have not started is no one-seed study.
     multi_seed = seeds_planned > 1 or any(v["runs"] > 1 for v in variants)
     lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
-    if multi_seed:
+    if search:
+        lines += ["| rank | trial | values | status | best_val_acc (objective) | test_acc | epochs | train s |",
+                  "|" + "---|" * 8]
+        for rank, v in enumerate(variants, 1):
+            lines.append(f"| {rank} | {_fmt(v['trial'])} | {figure_label(v['variant'])} | {v['status']} "
+                         f"| {_pm(v['best_val_acc_mean'], v['best_val_acc_std'])} "
+                         f"| {_pm(v['test_acc_mean'], v['test_acc_std'])} | {_fmt(v['epochs_mean'], 0)} "
+                         f"| {_fmt(v['train_seconds_mean'], 1)} |")
+        lines += ["", f"A search ({search}): each trial is one run of the values the sweeper drew (shown to 3 "
+                      "significant digits; the Runs table below names each run dir), ranked by the objective it "
+                      "maximized, the best validation accuracy. Trials are not tested against each other: the best "
+                      f"of {len(variants)} picked on validation overstates what its values give, and one seed shows "
+                      "nothing of the seed spread. Before calling the best values better, rerun them with "
+                      "`seed=0,1,2` beside the values you compare them with, as a sweep (its report tests them)."]
+    elif multi_seed:
         lines += ["| variant | status | n | test_acc (mean ± std) | best_val_acc (mean ± std) "
                   "| Δ test_acc vs baseline | p (Welch) | p (Holm) | differs at 95%? | epochs | train s |",
                   "|" + "---|" * 11]
@@ -392,6 +417,23 @@ def curve_readings(rows: list[dict]) -> list[dict]:
     return readings
 
 
+def figure_label(variant: str, sep: str = ", ") -> str:
+    """A variant as figures and a search's table name it: values drawn by a search to 3 significant digits
+    (optimizer.lr=0.0229, not 0.022881136684755242), its items joined by `sep`."""
+    def short(item: str) -> str:
+        key, eq, value = item.partition("=")
+        if eq and re.fullmatch(r"[-+]?(\d*\.\d{4,}(e[-+]?\d+)?|\d+(\.\d+)?e[-+]?\d+)", value, re.IGNORECASE):
+            return f"{key}={float(value):.3g}"
+        return item
+    return sep.join(short(item) for item in name_items(variant))
+
+
+def figure_labels(variants: list[str], sep: str = ", ") -> dict[str, str]:
+    """Each variant's figure_label, or its full name where rounding would give two variants one label."""
+    labels = {v: figure_label(v, sep) for v in variants}
+    return labels if len(set(labels.values())) == len(labels) else {v: v.replace(",", sep) for v in variants}
+
+
 def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, title: str,
                 notes: Optional[dict[str, str]] = None):
     """One line per variant: the mean over its runs per epoch, with a ± 1 std band when it has several.
@@ -403,12 +445,13 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    names = figure_labels(list(curves_by_variant))
     for variant, curves in curves_by_variant.items():
         curves = [c for c in curves if c]
         if not curves:
             continue
         note = (notes or {}).get(variant)
-        label = f"{variant} (n={len(curves)}{', ' + note if note else ''})"
+        label = f"{names[variant]} (n={len(curves)}{', ' + note if note else ''})"
         finite = [np.isfinite(list(_by_epoch(c).values())) for c in curves]
         # A diverged run's NaN or inf values draw nothing; the legend says so rather than hide the variant.
         if not any(f.any() for f in finite):
@@ -437,32 +480,51 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    entries = ax.get_legend_handles_labels()[1]
+    if len(entries) > 6 or max(map(len, entries), default=0) > 40:
+        # Below the axes, not over the lines, in a figure taller by its height, so the axes keep theirs.
+        fig.set_figheight(4.5 + 0.16 * len(entries))
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.17), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def plot_test_accuracy(variants: list[dict]):
+    """One bar per variant with its std over seeds; sideways (names to the left) where names are long or many,
+    as a search's are, whose names tilted under the bars overlapped and ran off the figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(variants) + 2), 4.5))
-    names = [v["variant"] for v in variants]
+    labels = figure_labels([v["variant"] for v in variants])
+    names = [labels[v["variant"]] for v in variants]
     means = [0 if math.isnan(v["test_acc_mean"]) else v["test_acc_mean"] for v in variants]
     errors = [0 if math.isnan(v["test_acc_std"]) else v["test_acc_std"] for v in variants]
-    ax.bar(range(len(names)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+    sideways = len(names) > 8 or max(map(len, names), default=0) > 24
+    if sideways:
+        fig, ax = plt.subplots(figsize=(4.5 + 0.06 * max(map(len, names)), 1.5 + 0.4 * len(names)))
+        ax.barh(range(len(names)), means, xerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()  # the first variant (a search's best trial) on top
+    else:
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(variants) + 2), 4.5))
+        ax.bar(range(len(names)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     # A variant without a result would read as a bar at 0%; a diverged run's accuracy is a result, marked as such.
     for i, v in enumerate(variants):
         text = "no result" if v["n"] == 0 else f"{v['diverged']} of {v['n']} diverged" if v["diverged"] else None
         if text:
-            ax.annotate(text, (i, means[i] + errors[i]), xytext=(0, 3), textcoords="offset points", ha="center",
-                        fontsize=7, color="tab:red")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    ax.set_xlabel("variant")
-    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+            end = means[i] + errors[i]
+            ax.annotate(text, (end, i) if sideways else (i, end), xytext=(3, 0) if sideways else (0, 3),
+                        textcoords="offset points", ha="left" if sideways else "center",
+                        va="center" if sideways else "baseline", fontsize=7, color="tab:red")
+    accuracy = "test accuracy (mean ± std over seeds)"
+    ax.set_xlabel(accuracy if sideways else "variant")
+    ax.set_ylabel("variant" if sideways else accuracy)
     ax.set_title("Final test accuracy")
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="x" if sideways else "y", alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -507,6 +569,19 @@ def test_set_validation_note(sweep_dir: Path) -> Optional[str]:
         return None
     return (f"{on_test} of {len(runs)} runs validated on the test set (data.val_size=0): their best_val_acc and "
             "validation curves are test-set numbers, not a held-out choice.")
+
+
+def search_sweeper(sweep_dir: Path) -> Optional[str]:
+    """The sweeper's class name when it is not Hydra's basic sweeper (a search, such as Optuna's, whose trials are
+    drawn as it goes); None for a grid, or when no record says. Read from the sweep's multirun.yaml (which only the
+    basic sweeper writes) or else its runs' .hydra/hydra.yaml."""
+    records = [sweep_dir / "multirun.yaml"] + [d / ".hydra" / "hydra.yaml" for d in run_dirs(sweep_dir)]
+    try:
+        record = next(r for r in records if r.exists())
+        target = str(OmegaConf.select(OmegaConf.load(record), "hydra.sweeper._target_", default=""))
+    except Exception:  # noqa: BLE001  (no record, or another Hydra version's: a grid's report, as before)
+        return None
+    return target.rsplit(".", 1)[-1] if target and not target.endswith("BasicSweeper") else None
 
 
 def planned_runs(sweep_dir: Path) -> Optional[list[str]]:
@@ -563,9 +638,12 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
 
     sweep_dir = Path(sweep_dir)
     runs = collect_runs(sweep_dir)
-    note = None
+    note, search = None, search_sweeper(sweep_dir)
+    if search and baseline is not None and strict:
+        raise ConfigError(f"--baseline: {sweep_dir} is a search ({search}), whose trials are ranked, not compared "
+                          "with a baseline")
     try:
-        variants = variant_rows(runs, baseline if baseline is not None else read_baseline(sweep_dir))
+        variants = variant_rows(runs, baseline if baseline is not None else read_baseline(sweep_dir), bool(search))
     except ConfigError as e:
         if strict:
             raise
@@ -605,17 +683,17 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
         writer.writerows(rows)
     seeds_planned = max((sum(variant_of(n) == v for n in set(planned)) for v in {variant_of(n) for n in planned}),
                         default=1)
-    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(rows), seeds_planned)
+    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(rows), seeds_planned, search)
     (sweep_dir / "summary.md").write_text(markdown)
 
     for tag, ylabel, title, name in (("val/acc", "validation accuracy", "Validation accuracy per epoch", "val_acc.png"),
                                      ("train/loss_epoch", "training loss (cross-entropy)", "Training loss per epoch",
                                       "train_loss.png")):
         fig = plot_curves(curves[tag], ylabel, title, {v: f"{k} diverged" for v, k in diverged[tag].items()})
-        fig.savefig(sweep_dir / name, dpi=110)
+        fig.savefig(sweep_dir / name, dpi=110, bbox_inches="tight")  # a legend beside the axes, long labels
         plt.close(fig)
     fig = plot_test_accuracy(variants)
-    fig.savefig(sweep_dir / "test_acc.png", dpi=110)
+    fig.savefig(sweep_dir / "test_acc.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return variants, runs, markdown
 
@@ -666,15 +744,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from cifar_ablate.console import ReaderGoneStdout
     sys.stdout = ReaderGoneStdout(sys.stdout)  # `python -m cifar_ablate.report <dir> | head`: no BrokenPipeError
+    def refuse(message: str):  # exit 2, as argparse and `python -m cifar_ablate` do for a user's error
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     if not args.sweep_dir.is_dir():
-        sys.exit(f"error: {args.sweep_dir}: no such directory")
+        refuse(f"{args.sweep_dir}: no such directory")
     if not run_dirs(args.sweep_dir):
-        sys.exit(f"error: {args.sweep_dir}: no runs here (expected sub-folders with a .hydra/ config)")
+        refuse(f"{args.sweep_dir}: no runs here (expected sub-folders with a .hydra/ config)")
     try:
         # Only a baseline asked for here is refused; the sweep's own may lack its runs yet (a sweep in progress).
         _, runs, markdown = write_report(args.sweep_dir, args.baseline, strict=args.baseline is not None)
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        refuse(str(e))
     print(markdown)
     # Unfinished runs are listed in the report; they do not make the report itself fail.
 

@@ -159,6 +159,14 @@ def test_optuna_search_survives_a_failed_trial_reports_the_best_and_continues_fr
     assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "model.dropout"}
     assert best["best_value"] == max(r["best_val_acc"] for r in runs.values() if r["status"] == "completed")
     assert "Best value" in first.stdout + first.stderr
+    # The report ranks the trials by the objective, the best first, and tests none against trial 0.
+    from cifar_ablate.report import figure_label
+    summary = (sweep / "summary.md").read_text()
+    best_run = max((r for r in runs.items() if r[1]["status"] == "completed"), key=lambda r: r[1]["best_val_acc"])[0]
+    assert f"| 1 | {runs[best_run]['job_num']} | {figure_label(best_run)} | completed |" in summary
+    assert "A search (OptunaSweeper)" in summary and "Welch" not in summary
+    by_hand = run_cli(str(sweep), "--baseline", best_run, module="cifar_ablate.report", cwd=tmp_path)
+    assert by_hand.returncode == 2 and "is a search (OptunaSweeper)" in by_hand.stderr
 
     study = optuna.load_study(study_name="simple_nn", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]

@@ -336,3 +336,62 @@ def test_a_p_value_too_small_for_three_places_reads_as_below_them(tmp_path):
             run("model=b", 0, 0.90), run("model=b", 1, 0.91), run("model=b", 2, 0.90)]
     markdown = summary_markdown(tmp_path, variant_rows(runs, None), runs)
     assert "| 0.4000 | < 0.001 | < 0.001 | yes |" in markdown and "0.000 |" not in markdown
+
+
+SEARCH = ["model.dropout=0.30138168803582194,optimizer.lr=0.022881136684755242",
+          "model.dropout=0.32294705653332806,optimizer.lr=4.9501595537331986e-05",
+          "model.dropout=0.48183138025051464,optimizer.lr=0.012132675491046142"]
+
+
+def search_runs():
+    runs = [{**run(name, 0, acc), "run": name, "best_val_acc": val, "job_num": num}
+            for num, (name, acc, val) in enumerate(zip(SEARCH, (0.40, 0.45, 0.30), (0.38, 0.47, 0.31)))]
+    return runs + [{"run": "model.dropout=0.1,optimizer.lr=0.2", "variant": "model.dropout=0.1,optimizer.lr=0.2",
+                    "status": "failed", "job_num": 3}]
+
+
+def test_a_searchs_trials_are_ranked_by_the_objective_and_not_tested_against_trial_0(tmp_path):
+    runs = search_runs()
+    rows = variant_rows(runs, baseline=None, search=True)
+    assert [(r["trial"], r["best_val_acc_mean"]) for r in rows[:3]] == [(1, 0.47), (0, 0.38), (2, 0.31)]
+    assert rows[3]["trial"] == 3 and rows[3]["n"] == 0  # no value: last
+    assert not any(r["baseline"] for r in rows) and all(math.isnan(r["p_value"]) for r in rows)
+    assert all(math.isnan(r["delta_vs_baseline"]) for r in rows)
+    markdown = summary_markdown(tmp_path, rows, runs, search="OptunaSweeper")
+    assert "| 1 | 1 | model.dropout=0.323, optimizer.lr=4.95e-05 | completed | 0.4700 | 0.4500 | 3 | 1.0 |" in markdown
+    assert "| 4 | 3 | model.dropout=0.1, optimizer.lr=0.2 | failed |" in markdown
+    assert "A search (OptunaSweeper)" in markdown and "not tested against each other" in markdown
+    assert "baseline" not in markdown and "Welch" not in markdown and "Add `seed=0,1,2` to the sweep" not in markdown
+    assert SEARCH[1] in markdown  # the Runs table names each run dir in full
+
+
+def test_a_searchs_long_names_stay_inside_the_figures(tmp_path):
+    rows = variant_rows(search_runs(), baseline=None, search=True)
+    fig = plot_test_accuracy(rows)
+    fig.canvas.draw()
+    ax, figure_box = fig.axes[0], fig.bbox
+    names = [t.get_text() for t in ax.get_yticklabels()]  # sideways: the names to the left of the bars
+    assert names[0] == "model.dropout=0.323, optimizer.lr=4.95e-05" and len(ax.patches) == 4
+    for label in ax.get_yticklabels():
+        box = label.get_window_extent()
+        assert box.x0 >= figure_box.x0 and box.x1 <= figure_box.x1, label.get_text()
+    fig = plot_curves({name: [[0.2, 0.3]] for name in SEARCH}, "validation accuracy", "Validation")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert [t.get_text() for t in ax.get_legend().get_texts()][1] == "model.dropout=0.323, optimizer.lr=4.95e-05 (n=1)"
+    assert legend.y1 < axes_box.y0 and legend.y0 >= fig.bbox.y0  # below the axes, inside the figure
+
+
+def test_rounded_names_that_would_collide_stay_whole():
+    fig = plot_test_accuracy(variant_rows([run("lr=0.0123401", 0, 0.5), run("lr=0.0123402", 0, 0.6)], None))
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["lr=0.0123401", "lr=0.0123402"]
+
+
+def test_a_report_by_hand_on_a_missing_dir_or_one_without_runs_is_one_line_and_exit_2(tmp_path, capsys):
+    from cifar_ablate.report import main
+    for target, message in ((tmp_path / "typo", "no such directory"),
+                            (tmp_path, "no runs here (expected sub-folders with a .hydra/ config)")):
+        with pytest.raises(SystemExit) as stop:
+            main([str(target)])
+        assert stop.value.code == 2 and capsys.readouterr().err == f"error: {target}: {message}\n"
