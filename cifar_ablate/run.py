@@ -249,6 +249,11 @@ def how_to_continue(run_dir: Path) -> str:
     return f"python -m cifar_ablate resume={run_dir}"  # a plain rerun would start in a new dir
 
 
+def override_key(override: str) -> str:
+    """`+model.dropout=0.3` → `model.dropout`: the key an override or a run-name item sets."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def refuse(error: UserError, cfg: DictConfig, run_dir: Path, epochs_done: int) -> None:
     """A user error: one line and exit 2. In a sweep, an error of this sweep point alone (a value the sweep
     varies, or this run's checkpoint) instead fails only this run: recorded, and the other runs go on (the
@@ -257,7 +262,7 @@ def refuse(error: UserError, cfg: DictConfig, run_dir: Path, epochs_done: int) -
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         # What a sweep varies names its runs: hydra.job.override_dirname, e.g. `model=lenet,optimizer.lr=0`.
-        varying = {item.split("=", 1)[0].lstrip("+~") for item in name_items(hydra_cfg.job.override_dirname)}
+        varying = {override_key(item) for item in name_items(hydra_cfg.job.override_dirname)}
         if isinstance(error, CheckpointError) or varying & set(getattr(error, "keys", ())):
             import lightning.fabric.utilities.rank_zero  # noqa: F401  (sets the process's rank, from the environment)
             write_metrics(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}",
@@ -285,19 +290,18 @@ def resume_overrides(args: list[str]) -> list[str]:
     where_and_how = where_and_how_keys()
     others = [a for a in args if not a.startswith("resume=")]
 
-    def key(override: str) -> str:
-        return override.split("=", 1)[0].lstrip("+~")
     latest, first = list(OmegaConf.load(saved)), first_overrides(run_dir)
     # What the run computes as it started; where and how as the latest command into the dir said (data moved).
-    own = latest if first is None else [a for a in first if key(a) not in where_and_how] + [
-        a for a in latest if key(a) in where_and_how]
-    changed = [a for a in others if key(a) not in where_and_how and a not in own]  # its own value may be repeated
+    own = latest if first is None else [a for a in first if override_key(a) not in where_and_how] + [
+        a for a in latest if override_key(a) in where_and_how]
+    # Its own value may be repeated (a reused command line).
+    changed = [a for a in others if override_key(a) not in where_and_how and a not in own]
     if changed:
         raise UserError(f"{given[-1]}: continues with the run's own config, so {changed[0]} cannot be given; "
                         f"only where and how it runs may change ({', '.join(sorted(where_and_how))})")
     quoted_dir = "'" + str(run_dir).replace("'", "\\'") + "'"  # a sweep's run dir holds '=' and ','
-    keys = {key(a) for a in others}
-    kept = [a for a in own if key(a) not in keys]  # e.g. data.root moved
+    keys = {override_key(a) for a in others}
+    kept = [a for a in own if override_key(a) not in keys]  # e.g. data.root moved
     return [*kept, *others, "hydra.mode=RUN", f"hydra.run.dir={quoted_dir}"]
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 from lightning_utilities.core.rank_zero import rank_zero_only  # Lightning's own, without importing Lightning
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_ablate.config import where_and_how_keys
+from cifar_ablate.config import group_choices, where_and_how_keys
 from cifar_ablate.errors import ConfigError
 
 RESULT_STATUSES = ("completed", "diverged")  # a diverged run is a result (its accuracy counts)
@@ -84,14 +84,6 @@ def first_overrides(run_dir: Path) -> Optional[list]:
     """The overrides `run_dir`'s run started with; None for a run from before cifar_ablate kept them."""
     path = run_dir / RUN_CONFIG
     return json.loads(path.read_text()).get(OVERRIDES_KEY) if path.is_file() else None
-
-
-def group_choices(cfg: Optional[DictConfig] = None) -> dict:
-    """The option each config group picked, Hydra's own groups aside: from `cfg`'s hydra node where it has one
-    (a Hydra callback's config), else from the Hydra job running now."""
-    from hydra.core.hydra_config import HydraConfig
-    hydra_cfg = cfg.hydra if cfg is not None and "hydra" in cfg else HydraConfig.get()
-    return {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
 
 
 @rank_zero_only

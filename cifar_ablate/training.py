@@ -26,11 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_ablate.augment import BatchAugment
 from cifar_ablate.checkpointing import ResumeCheckpoint, check_checkpoint
 from cifar_ablate.classifier import Classifier
+from cifar_ablate.config import group_choices
 from cifar_ablate.data import CIFAR10DataModule
 from cifar_ablate.errors import ConfigError
 from cifar_ablate.penalty import WeightPenalty
 from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
-from cifar_ablate.run_record import group_choices, write_run_config
+from cifar_ablate.run_record import write_run_config
 from cifar_ablate.weight_init import init_weights
 
 log = logging.getLogger(__name__)

@@ -57,6 +57,25 @@ def cifar_root(tmp_path_factory) -> Path:
     return root
 
 
+def made_once(tmp_path_factory, name: str, make) -> tuple[Path, dict]:
+    """`make(folder)` (returning a JSON-able dict) once per test session, also when xdist spreads the tests that
+    share it over workers: the first makes it under a lock, the others wait; each gets the folder and what `make`
+    returned. (xdist's
+    --dist loadgroup would keep them on one worker, but with pytest 9.2 it silently stops grouping:
+    pytest-xdist issue 1386.)"""
+    import json
+
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # shared by the workers
+    folder, done = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(make(folder)))
+    return folder, json.loads(done.read_text())
+
+
 # Settings that make a CLI run take seconds on the fixture.
 FAST = ["trainer.max_epochs=1", "data.val_size=50", "data.batch_size=32", "trainer.accelerator=cpu"]
 

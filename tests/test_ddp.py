@@ -5,27 +5,48 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, run_cli
+from conftest import FAST, made_once, run_cli
 
 DDP = ["trainer=ddp", "trainer.devices=2", *FAST, "trainer.max_epochs=2"]  # FAST: accelerator=cpu, so gloo
 
-# Runs the CLI; every training step appends which process trained on which images to rank<N>.jsonl.
-# A script file, not -c: spawned workers import the main script again (as __mp_main__, so the guard
-# keeps them from running main) and the patch reaches them.
-COUNT_RANKS = '''
+# Runs the CLI; every training step appends which process trained on which images to rank<N>.jsonl, and every
+# validation batch its loss and size to val_rank<N>.jsonl. A script file, not -c: spawned workers import the main
+# script again (as __mp_main__, so the guard keeps them from running main) and the patch reaches them.
+RECORD_RANKS = '''
 import hashlib, json, os
+import torch.nn.functional as F
 from cifar_ablate import classifier
-step = classifier.Classifier.training_step
+step, evaluate = classifier.Classifier.training_step, classifier.Classifier._evaluate
 def counting_step(self, batch, batch_idx):
     with open(f"rank{self.global_rank}.jsonl", "a") as f:
         f.write(json.dumps({"pid": os.getpid(), "epoch": self.current_epoch,
                             "images": [hashlib.md5(x.numpy().tobytes()).hexdigest() for x in batch[0]]}) + "\\n")
     return step(self, batch, batch_idx)
-classifier.Classifier.training_step = counting_step
+def recording(self, batch, stage, accuracy):
+    if stage == "val":
+        x, y = batch
+        with open(f"val_rank{self.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": self.current_epoch, "loss": float(F.cross_entropy(self(x), y)),
+                                "n": len(y)}) + "\\n")
+    return evaluate(self, batch, stage, accuracy)
+classifier.Classifier.training_step, classifier.Classifier._evaluate = counting_step, recording
 if __name__ == "__main__":
     from cifar_ablate.run import main
     main()
 '''
+
+
+@pytest.fixture
+def ddp_run(tmp_path_factory, cifar_root):
+    """One 2-process run with the CSV logger, made once for the tests of what it did (it starts 3 processes)."""
+    def make(cwd):
+        (cwd / "record_ranks.py").write_text(RECORD_RANKS)
+        result = run_cli(f"data.root={cifar_root}", *DDP, "logger=csv", "data.eval_batch_size=10",
+                         "hydra.run.dir=run", cwd=cwd, file=Path("record_ranks.py"))
+        return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+    cwd, result = made_once(tmp_path_factory, "ddp_run", make)
+    assert result["returncode"] == 0, result["stderr"][-3000:]
+    return cwd, result
 
 
 RUN_FILES = {".hydra", "checkpoints", "hparams.yaml", "metrics.json", "run.log", "run_config.json"}
@@ -35,14 +56,13 @@ def run_files(run_dir):
     return {p.name for p in run_dir.iterdir() if not p.name.startswith("events.out.tfevents.")}
 
 
-def test_a_ddp_run_trains_on_both_processes_with_disjoint_halves_and_reports_once(tmp_path, cifar_root):
-    (tmp_path / "count_ranks.py").write_text(COUNT_RANKS)
-    result = run_cli(f"data.root={cifar_root}", *DDP, "hydra.run.dir=run", cwd=tmp_path, file=Path("count_ranks.py"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["count_ranks.py", "rank0.jsonl", "rank1.jsonl", "run"]
-    assert run_files(tmp_path / "run") == RUN_FILES
-    assert result.stdout.count("epoch 1/2 ") == 1  # epoch lines from rank 0 only
-    assert "sync_dist=True" not in result.stderr  # every epoch value is reduced over both processes
+def test_a_ddp_run_trains_on_both_processes_with_disjoint_halves_and_reports_once(ddp_run):
+    tmp_path, result = ddp_run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0.jsonl", "rank1.jsonl", "record_ranks.py", "run",
+                                                          "val_rank0.jsonl", "val_rank1.jsonl"]
+    assert run_files(tmp_path / "run") == RUN_FILES | {"metrics.csv"}
+    assert result["stdout"].count("epoch 1/2 ") == 1  # epoch lines from rank 0 only
+    assert "sync_dist=True" not in result["stderr"]  # every epoch value is reduced over both processes
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     # Counted in the workers and brought back to the process that writes metrics.json.
@@ -80,42 +100,18 @@ def test_several_devices_with_lightnings_default_ddp_are_refused(tmp_path, cifar
         "error: trainer.devices=2 with trainer.strategy=auto: Lightning's DDP re-runs the whole command")
 
 
-def test_a_ddp_run_with_the_csv_logger_keeps_the_workers_curves(tmp_path, cifar_root):
+def test_a_ddp_run_with_the_csv_logger_keeps_the_workers_curves(ddp_run):
     """The worker logs training and validation, the parent process the test: both go to one metrics.csv."""
     from cifar_ablate.report import read_curves
-    result = run_cli(f"data.root={cifar_root}", *DDP, "logger=csv", "hydra.run.dir=run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    tmp_path, _ = ddp_run
     curves = read_curves(tmp_path / "run")
     assert [len(curves[t]) for t in ("val/acc", "train/loss_epoch")] == [2, 2]
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert sum(1 for r in rows if r.get("test/acc")) == 1
 
 
-# Every validation batch appends its loss and size, per process, to val_rank<N>.jsonl.
-RECORD_VAL = '''
-import json
-import torch.nn.functional as F
-from cifar_ablate import classifier
-evaluate = classifier.Classifier._evaluate
-def recording(self, batch, stage, accuracy):
-    if stage == "val":
-        x, y = batch
-        with open(f"val_rank{self.global_rank}.jsonl", "a") as f:
-            f.write(json.dumps({"epoch": self.current_epoch, "loss": float(F.cross_entropy(self(x), y)),
-                                "n": len(y)}) + "\\n")
-    return evaluate(self, batch, stage, accuracy)
-classifier.Classifier._evaluate = recording
-if __name__ == "__main__":
-    from cifar_ablate.run import main
-    main()
-'''
-
-
-def test_a_ddp_runs_validation_loss_is_the_mean_over_both_processes_images(tmp_path, cifar_root):
-    (tmp_path / "record_val.py").write_text(RECORD_VAL)
-    result = run_cli(f"data.root={cifar_root}", *DDP, "logger=csv", "data.eval_batch_size=10", "hydra.run.dir=run",
-                     cwd=tmp_path, file=Path("record_val.py"))
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_a_ddp_runs_validation_loss_is_the_mean_over_both_processes_images(ddp_run):
+    tmp_path, _ = ddp_run
     batches = [json.loads(line) for r in (0, 1) for line in open(tmp_path / f"val_rank{r}.jsonl")]
     logged = [float(r["val/loss"]) for r in csv.DictReader(open(tmp_path / "run" / "metrics.csv")) if r.get("val/loss")]
     for epoch in (0, 1):

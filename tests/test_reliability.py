@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from cifar_ablate.errors import UserError
 from cifar_ablate.report import read_curves
 from cifar_ablate.run import fresh_dir, resume_overrides
-from conftest import FAST, REPO, run_cli
+from conftest import FAST, REPO, made_once, run_cli
 
 # Runs the CLI but sends itself STOP_SIGNAL in the middle of epoch 2 (in batch 3 of 8).
 SIGNAL_MID_EPOCH = """
@@ -32,13 +32,16 @@ main()
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def uninterrupted(tmp_path_factory, cifar_root):
     """Dropout and augmentation draw random numbers every step: a resumed run must replay them exactly."""
     args = [f"data.root={cifar_root}", *FAST, "trainer.max_epochs=3", "model=lenet_dropout", "augment=crop_flip"]
-    cwd = tmp_path_factory.mktemp("uninterrupted")
-    whole = run_cli(*args, "hydra.run.dir=whole", cwd=cwd)
-    assert whole.returncode == 0, whole.stderr
+
+    def make(cwd):
+        whole = run_cli(*args, "hydra.run.dir=whole", cwd=cwd)
+        return {"returncode": whole.returncode, "stderr": whole.stderr}
+    cwd, whole = made_once(tmp_path_factory, "uninterrupted", make)  # one run for the tests that compare with it
+    assert whole["returncode"] == 0, whole["stderr"]
     return args, cwd / "whole"
 
 
@@ -485,10 +488,12 @@ def test_a_sweep_with_a_diverging_and_a_raising_run_finishes_the_rest_and_reruns
 
 
 # A sweep whose runs fail at random (seeded) and whose process is SIGKILLed when it reaches one run.
-FLAKY_SWEEP = """
+SOAK_RUNS, SOAK_FAILING, SOAK_KILL_AT = 12, 3, 6  # failing: seeds 2, 5, 6 (6 killed first)
+FLAKY_SWEEP = f"""
 import os, random, signal
+SOAK_RUNS = {SOAK_RUNS}
 from cifar_ablate import run, training
-failing = set(random.Random(7).sample(range(30), 5)) if os.environ.get("SOAK_FAIL") else set()
+failing = set(random.Random(7).sample(range(SOAK_RUNS), {SOAK_FAILING})) if os.environ.get("SOAK_FAIL") else set()
 kill_at = int(os.environ.get("SOAK_KILL_AT", "-1"))
 train = training.train
 def flaky_train(cfg, run_dir, *callbacks):
@@ -502,8 +507,8 @@ run.main()
 """
 
 
-def test_soak_thirty_runs_with_failures_and_a_kill_end_fully_accounted_for(tmp_path, cifar_root):
-    args = ["-m", "seed=range(0,30)", f"data.root={cifar_root}", *FAST, "trainer.limit_train_batches=2",
+def test_soak_a_dozen_runs_with_failures_and_a_kill_end_fully_accounted_for(tmp_path, cifar_root):
+    args = ["-m", f"seed=range(0,{SOAK_RUNS})", f"data.root={cifar_root}", *FAST, "trainer.limit_train_batches=2",
             "trainer.limit_val_batches=1", "logger=csv", "hydra.sweep.dir=sweep"]
     sweep = tmp_path / "sweep"
 
@@ -514,28 +519,28 @@ def test_soak_thirty_runs_with_failures_and_a_kill_end_fully_accounted_for(tmp_p
         return {int(d.name.split("=")[1]): json.loads((d / "metrics.json").read_text())["status"]
                 for d in sweep.glob("seed=*") if (d / "metrics.json").exists()}
 
-    killed = sweep_pass(SOAK_FAIL="1", SOAK_KILL_AT="17")
+    killed = sweep_pass(SOAK_FAIL="1", SOAK_KILL_AT=str(SOAK_KILL_AT))
     assert killed.returncode == -9
     first = statuses()
-    assert sorted(first) == list(range(17))  # the killed run and those after it left no result
+    assert sorted(first) == list(range(SOAK_KILL_AT))  # the killed run and those after it left no result
     assert sorted(s for s, status in first.items() if status == "failed") == [
-        s for s in sorted(random.Random(7).sample(range(30), 5)) if s < 17]
+        s for s in sorted(random.Random(7).sample(range(SOAK_RUNS), SOAK_FAILING)) if s < SOAK_KILL_AT]
     done_first = {s: (sweep / f"seed={s}" / "metrics.json").stat().st_mtime_ns
                   for s, status in first.items() if status == "completed"}
 
     resumed = sweep_pass(SOAK_FAIL="1")  # failures still injected: they stay failed, the sweep says so
     assert resumed.returncode == 1
     second = statuses()
-    assert len(second) == 30 and sorted(s for s, v in second.items() if v == "failed") == sorted(
-        random.Random(7).sample(range(30), 5))
+    assert len(second) == SOAK_RUNS and sorted(s for s, v in second.items() if v == "failed") == sorted(
+        random.Random(7).sample(range(SOAK_RUNS), SOAK_FAILING))
 
-    healed = sweep_pass()  # the flaky cause is gone: only the 5 failed runs are redone
+    healed = sweep_pass()  # the flaky cause is gone: only the failed runs are redone
     assert healed.returncode == 0, healed.stderr[-2000:]
-    assert set(statuses().values()) == {"completed"} and len(statuses()) == 30
+    assert set(statuses().values()) == {"completed"} and len(statuses()) == SOAK_RUNS
     for s, mtime in done_first.items():  # nothing completed twice
         assert (sweep / f"seed={s}" / "metrics.json").stat().st_mtime_ns == mtime
     rows = list(csv.DictReader(open(sweep / "runs.csv")))
-    assert len(rows) == 30 and all(r["status"] == "completed" for r in rows)
+    assert len(rows) == SOAK_RUNS and all(r["status"] == "completed" for r in rows)
     # logger=csv: the report reads its curves from each run's metrics.csv.
     curves = read_curves(sweep / "seed=0")
     assert (sweep / "seed=0" / "metrics.csv").exists() and len(curves["val/acc"]) == len(curves["train/loss_epoch"]) == 1
