@@ -586,8 +586,8 @@ def search_sweeper(sweep_dir: Path) -> Optional[str]:
 
 def planned_runs(sweep_dir: Path) -> Optional[list[str]]:
     """The run names the sweep's last command planned, from its multirun.yaml, named as Hydra names them (the
-    overrides that vary, sorted); None when that cannot be told (no multirun.yaml, a sweeper other than Hydra's
-    basic one, such as Optuna's, whose trials are decided as it goes)."""
+    overrides that vary, sorted); None when that cannot be told (no multirun.yaml, which only Hydra's basic sweeper
+    writes: a search such as Optuna's decides its trials as it goes)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra._internal.config_loader_impl import get_overrides_dirname
