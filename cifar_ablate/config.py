@@ -197,14 +197,9 @@ def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
 
 def group_choices(cfg: Optional[DictConfig] = None) -> dict:
     """The option each config group picked, Hydra's own groups aside: from `cfg`'s hydra node where it has one
-    (a Hydra callback's config), else from the Hydra job running now; none outside a Hydra job."""
+    (a Hydra callback's config), else from the Hydra job running now."""
     from hydra.core.hydra_config import HydraConfig
-    if cfg is not None and "hydra" in cfg:
-        hydra_cfg = cfg.hydra
-    elif HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-    else:  # a config composed by hand (tests, notebooks)
-        return {}
+    hydra_cfg = cfg.hydra if cfg is not None and "hydra" in cfg else HydraConfig.get()
     return {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
 
 
@@ -212,7 +207,8 @@ def check_config(cfg: DictConfig, choices: Optional[dict] = None) -> None:
     """Raise ConfigError naming the first value that cannot work, before anything is trained. `choices`: the
     option picked in each group (to say which option set a key), read from the Hydra job when not given."""
     if choices is None:
-        choices = group_choices()
+        from hydra.core.hydra_config import HydraConfig
+        choices = group_choices() if HydraConfig.initialized() else {}  # {}: a config composed by hand
     _check_schema_keys(cfg)
     _require_number(cfg.model, "model", ("dropout", "dropout2"), none_ok=True)
     _require_number(cfg.model, "model", ("blocks_per_stage",))

@@ -191,10 +191,10 @@ def variant_rows(runs: list[dict], baseline: Optional[str], search: bool = False
         val_mean, val_std = _mean_std([r["best_val_acc"] for r in results if r.get("best_val_acc") is not None])
         p, p_holm = p_values[variant], adjusted[variant]
         statuses = sorted({r["status"] for r in rs})
-        trial = min(r["job_num"] for r in rs) if all("job_num" in r for r in rs) else None
+        job = min(r["job_num"] for r in rs) if all("job_num" in r for r in rs) else None
         rows.append({
             "variant": variant, "baseline": variant == baseline, "n": len(accuracy[variant]), "runs": len(rs),
-            "trial": trial if trial is not None and trial < 1 << 30 else None,
+            "job": job if job is not None and job < 1 << 30 else None,  # Hydra's job number: launch order
             "status": "/".join(statuses),
             "diverged": sum(r["status"] == "diverged" and r.get("test_acc") is not None for r in results),  # among n
             "test_acc_mean": test_mean, "test_acc_std": test_std,
@@ -204,8 +204,11 @@ def variant_rows(runs: list[dict], baseline: Optional[str], search: bool = False
             "epochs_mean": _mean_std([r["epochs"] for r in results])[0],
             "train_seconds_mean": _mean_std([r["train_seconds"] for r in results])[0],
         })
-    if search:  # best first; trials without a value last
-        rows.sort(key=lambda v: -v["best_val_acc_mean"] if not math.isnan(v["best_val_acc_mean"]) else math.inf)
+    if search:  # best first; last the trials the sweeper got no value from (run.py's objective: failed, diverged)
+        def rank(v):
+            valued = v["status"] == "completed" and not math.isnan(v["best_val_acc_mean"])
+            return (0, -v["best_val_acc_mean"]) if valued else (1, 0.0)
+        rows.sort(key=rank)
     return rows
 
 
@@ -234,16 +237,18 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
     multi_seed = seeds_planned > 1 or any(v["runs"] > 1 for v in variants)
     lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
     if search:
-        lines += ["| rank | trial | values | status | best_val_acc (objective) | test_acc | epochs | train s |",
+        lines += ["| rank | job | values | status | best_val_acc (objective) | test_acc | epochs | train s |",
                   "|" + "---|" * 8]
+        labels = figure_labels([v["variant"] for v in variants])
         for rank, v in enumerate(variants, 1):
-            lines.append(f"| {rank} | {_fmt(v['trial'])} | {figure_label(v['variant'])} | {v['status']} "
+            lines.append(f"| {rank} | {_fmt(v['job'])} | {labels[v['variant']]} | {v['status']} "
                          f"| {_pm(v['best_val_acc_mean'], v['best_val_acc_std'])} "
                          f"| {_pm(v['test_acc_mean'], v['test_acc_std'])} | {_fmt(v['epochs_mean'], 0)} "
                          f"| {_fmt(v['train_seconds_mean'], 1)} |")
         lines += ["", f"A search ({search}): each trial is one run of the values the sweeper drew (shown to 3 "
-                      "significant digits; the Runs table below names each run dir), ranked by the objective it "
-                      "maximized, the best validation accuracy. Trials are not tested against each other: the best "
+                      "significant digits; the Runs table below names each run dir; job: the order Hydra launched "
+                      "them in), ranked by the objective it maximized, the best validation accuracy (a failed or "
+                      "diverged trial gave it none and comes last). Trials are not tested against each other: the best "
                       f"of {len(variants)} picked on validation overstates what its values give, and one seed shows "
                       "nothing of the seed spread. Before calling the best values better, rerun them with "
                       "`seed=0,1,2` beside the values you compare them with, as a sweep (its report tests them)."]
@@ -422,16 +427,19 @@ def figure_label(variant: str, sep: str = ", ") -> str:
     (optimizer.lr=0.0229, not 0.022881136684755242), its items joined by `sep`."""
     def short(item: str) -> str:
         key, eq, value = item.partition("=")
-        if eq and re.fullmatch(r"[-+]?(\d*\.\d{4,}(e[-+]?\d+)?|\d+(\.\d+)?e[-+]?\d+)", value, re.IGNORECASE):
-            return f"{key}={float(value):.3g}"
-        return item
+        number = re.fullmatch(r"[-+]?(\d*)\.?(\d*)(e[-+]?\d+)?", value, re.IGNORECASE)
+        digits = len((number.group(1) + number.group(2)).lstrip("0")) if number and value[-1:].isdigit() else 0
+        if not eq or digits <= 6:  # as typed: 0.001, 1e-05, 2.12345, lenet
+            return item
+        whole = len(str(int(abs(float(value))))) if abs(float(value)) >= 1 else 0
+        return f"{key}={float(value):.{max(3, whole)}g}"  # 1000.1234 as 1000, not 1e+03
     return sep.join(short(item) for item in name_items(variant))
 
 
 def figure_labels(variants: list[str], sep: str = ", ") -> dict[str, str]:
     """Each variant's figure_label, or its full name where rounding would give two variants one label."""
     labels = {v: figure_label(v, sep) for v in variants}
-    return labels if len(set(labels.values())) == len(labels) else {v: v.replace(",", sep) for v in variants}
+    return labels if len(set(labels.values())) == len(labels) else {v: sep.join(name_items(v)) for v in variants}
 
 
 def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, title: str,

@@ -64,6 +64,7 @@ def made_once(tmp_path_factory, name: str, make) -> tuple[Path, dict]:
     --dist loadgroup would keep them on one worker, but with pytest 9.2 it silently stops grouping:
     pytest-xdist issue 1386.)"""
     import json
+    import traceback
 
     from filelock import FileLock
     root = tmp_path_factory.getbasetemp()
@@ -71,9 +72,16 @@ def made_once(tmp_path_factory, name: str, make) -> tuple[Path, dict]:
     folder, done = root / name, root / f"{name}.json"
     with FileLock(str(root / f"{name}.lock")):
         if not done.exists():
-            folder.mkdir(exist_ok=True)
-            done.write_text(json.dumps(make(folder)))
-    return folder, json.loads(done.read_text())
+            folder.mkdir()
+            try:
+                made = make(folder)
+            except Exception:  # noqa: BLE001  (recorded: the other tests fail at once, none reuses a half-made folder)
+                made = {"made_once_error": traceback.format_exc()}
+            done.write_text(json.dumps(made))
+    made = json.loads(done.read_text())
+    if "made_once_error" in made:
+        pytest.fail(f"making {name} (shared by several tests) failed:\n{made['made_once_error']}")
+    return folder, made
 
 
 # Settings that make a CLI run take seconds on the fixture.

@@ -162,7 +162,8 @@ def test_optuna_search_survives_a_failed_trial_reports_the_best_and_continues_fr
     # The report ranks the trials by the objective, the best first, and tests none against trial 0.
     from cifar_ablate.report import figure_label
     summary = (sweep / "summary.md").read_text()
-    best_run = max((r for r in runs.items() if r[1]["status"] == "completed"), key=lambda r: r[1]["best_val_acc"])[0]
+    best_run = max((r for r in runs.items() if r[1]["status"] == "completed"),  # a tie: the earlier trial
+                   key=lambda r: (r[1]["best_val_acc"], -r[1]["job_num"]))[0]
     assert f"| 1 | {runs[best_run]['job_num']} | {figure_label(best_run)} | completed |" in summary
     assert "A search (OptunaSweeper)" in summary and "Welch" not in summary
     by_hand = run_cli(str(sweep), "--baseline", best_run, module="cifar_ablate.report", cwd=tmp_path)

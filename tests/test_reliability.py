@@ -488,7 +488,7 @@ def test_a_sweep_with_a_diverging_and_a_raising_run_finishes_the_rest_and_reruns
 
 
 # A sweep whose runs fail at random (seeded) and whose process is SIGKILLed when it reaches one run.
-SOAK_RUNS, SOAK_FAILING, SOAK_KILL_AT = 12, 3, 6  # failing: seeds 2, 5, 6 (6 killed first)
+SOAK_RUNS, SOAK_FAILING, SOAK_KILL_AT = 12, 3, 4  # failing: seeds 2, 5, 6, one before the kill, two after
 FLAKY_SWEEP = f"""
 import os, random, signal
 SOAK_RUNS = {SOAK_RUNS}

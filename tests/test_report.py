@@ -347,19 +347,23 @@ def search_runs():
     runs = [{**run(name, 0, acc), "run": name, "best_val_acc": val, "job_num": num}
             for num, (name, acc, val) in enumerate(zip(SEARCH, (0.40, 0.45, 0.30), (0.38, 0.47, 0.31)))]
     return runs + [{"run": "model.dropout=0.1,optimizer.lr=0.2", "variant": "model.dropout=0.1,optimizer.lr=0.2",
-                    "status": "failed", "job_num": 3}]
+                    "status": "failed", "job_num": 3},
+                   # Diverged: the objective gave the sweeper no value (Optuna: a failed trial), whatever it validated.
+                   {**run("model.dropout=0.2,optimizer.lr=0.9", 0, 0.1, status="diverged"),
+                    "run": "model.dropout=0.2,optimizer.lr=0.9", "best_val_acc": 0.6, "job_num": 4}]
 
 
 def test_a_searchs_trials_are_ranked_by_the_objective_and_not_tested_against_trial_0(tmp_path):
     runs = search_runs()
     rows = variant_rows(runs, baseline=None, search=True)
-    assert [(r["trial"], r["best_val_acc_mean"]) for r in rows[:3]] == [(1, 0.47), (0, 0.38), (2, 0.31)]
-    assert rows[3]["trial"] == 3 and rows[3]["n"] == 0  # no value: last
+    assert [(r["job"], r["best_val_acc_mean"]) for r in rows[:3]] == [(1, 0.47), (0, 0.38), (2, 0.31)]
+    assert [(r["job"], r["status"]) for r in rows[3:]] == [(3, "failed"), (4, "diverged")]  # no value: last
     assert not any(r["baseline"] for r in rows) and all(math.isnan(r["p_value"]) for r in rows)
     assert all(math.isnan(r["delta_vs_baseline"]) for r in rows)
     markdown = summary_markdown(tmp_path, rows, runs, search="OptunaSweeper")
     assert "| 1 | 1 | model.dropout=0.323, optimizer.lr=4.95e-05 | completed | 0.4700 | 0.4500 | 3 | 1.0 |" in markdown
     assert "| 4 | 3 | model.dropout=0.1, optimizer.lr=0.2 | failed |" in markdown
+    assert "| 5 | 4 | model.dropout=0.2, optimizer.lr=0.9 | diverged | 0.6000 |" in markdown
     assert "A search (OptunaSweeper)" in markdown and "not tested against each other" in markdown
     assert "baseline" not in markdown and "Welch" not in markdown and "Add `seed=0,1,2` to the sweep" not in markdown
     assert SEARCH[1] in markdown  # the Runs table names each run dir in full
@@ -371,7 +375,7 @@ def test_a_searchs_long_names_stay_inside_the_figures(tmp_path):
     fig.canvas.draw()
     ax, figure_box = fig.axes[0], fig.bbox
     names = [t.get_text() for t in ax.get_yticklabels()]  # sideways: the names to the left of the bars
-    assert names[0] == "model.dropout=0.323, optimizer.lr=4.95e-05" and len(ax.patches) == 4
+    assert names[0] == "model.dropout=0.323, optimizer.lr=4.95e-05" and len(ax.patches) == 5
     for label in ax.get_yticklabels():
         box = label.get_window_extent()
         assert box.x0 >= figure_box.x0 and box.x1 <= figure_box.x1, label.get_text()
