@@ -321,17 +321,21 @@ def main(argv=None):
         p = sub.add_parser(name, help=text)
         p.add_argument("--root", default="data", help="folder holding (or to hold) cifar-10-batches-py")
     args = parser.parse_args(argv)
+
+    def refuse(message: str):  # exit 2, as argparse and `python -m cifar_ablate` do for a user's error
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     try:
         if args.command == "download":
             print(f"CIFAR-10 at {download_cifar10(args.root)}")
         else:
             if not batch_dir(args.root).is_dir():  # read_cifar10's advice names the run's config keys
-                sys.exit(f"error: --root {args.root}: no CIFAR-10 at {batch_dir(args.root)}; fetch it with "
-                         f"python -m cifar_ablate.data download --root {args.root}")
+                refuse(f"--root {args.root}: no CIFAR-10 at {batch_dir(args.root)}; fetch it with "
+                       f"python -m cifar_ablate.data download --root {args.root}")
             mean, std = channel_stats(read_cifar10(args.root)["train"][0])
             print(f"data.mean=[{','.join(map(str, mean))}] data.std=[{','.join(map(str, std))}]")
     except DataError as e:
-        sys.exit(f"error: {e}")
+        refuse(str(e))
 
 
 if __name__ == "__main__":

@@ -222,11 +222,14 @@ def test_torchvision_path_gives_the_same_batches_without_augmentation(cifar_root
             assert torch.allclose(xa, xb, atol=1e-6)
 
 
-def test_the_stats_command_prints_override_form_and_says_how_to_fetch_missing_data(tmp_path, cifar_root):
+def test_the_stats_command_prints_override_form_and_says_how_to_fetch_missing_data(tmp_path, cifar_root, capsys):
     from conftest import run_cli
+
+    from cifar_ablate.data import main
     ok = run_cli("stats", "--root", str(cifar_root), module="cifar_ablate.data", cwd=tmp_path)
     assert ok.returncode == 0 and ok.stdout.startswith("data.mean=[") and " data.std=[" in ok.stdout
-    missing = run_cli("stats", "--root", "nowhere", module="cifar_ablate.data", cwd=tmp_path)
-    assert missing.returncode == 1 and missing.stderr.strip() == (
-        f"error: --root nowhere: no CIFAR-10 at nowhere/cifar-10-batches-py; fetch it with "
-        f"python -m cifar_ablate.data download --root nowhere")
+    with pytest.raises(SystemExit) as missing:  # in-process: the command's own exit, without a second torch import
+        main(["stats", "--root", "nowhere"])
+    assert missing.value.code == 2 and capsys.readouterr().err.strip() == (
+        "error: --root nowhere: no CIFAR-10 at nowhere/cifar-10-batches-py; fetch it with "
+        "python -m cifar_ablate.data download --root nowhere")
