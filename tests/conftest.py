@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny CIFAR-10 tree in the exact official layout, and a way to run the CLI."""
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,12 @@ import pytest
 # One compute thread per process: the suite runs tests side by side (pytest -n auto), each starting
 # CLI processes; threads over the tiny fixture only contend. Inherited by every process a test starts.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# A suite started in the background by a shell without job control (`make test &` in a script) inherits SIGINT
+# ignored, and so would every CLI run it starts, so the Ctrl+C tests would see no Ctrl+C: runs start with
+# SIGINT as a terminal gives it (a handler set here is reset to the default in each child).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
