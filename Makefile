@@ -27,8 +27,9 @@ data: $(DATA)/cifar-10-batches-py/test_batch
 run: env data
 	$(BIN)/python -m cifar_ablate $(ARGS)
 
+# --durations: the slowest tests in every CI log (the suite must stay under 10 minutes).
 test: env
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 	@if [ -f $(SHARED_TAR) ]; then $(MAKE) --no-print-directory real-data-check; \
 	else echo "real-data check skipped: $(SHARED_TAR) is absent"; fi
 
