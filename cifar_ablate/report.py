@@ -194,7 +194,6 @@ def variant_rows(runs: list[dict], baseline: Optional[str], search: bool = False
         job = min(r["job_num"] for r in rs) if all("job_num" in r for r in rs) else None
         rows.append({
             "variant": variant, "baseline": variant == baseline, "n": len(accuracy[variant]), "runs": len(rs),
-            "job": job if job is not None and job < 1 << 30 else None,  # Hydra's job number: launch order
             "status": "/".join(statuses),
             "diverged": sum(r["status"] == "diverged" and r.get("test_acc") is not None for r in results),  # among n
             "test_acc_mean": test_mean, "test_acc_std": test_std,
@@ -203,6 +202,7 @@ def variant_rows(runs: list[dict], baseline: Optional[str], search: bool = False
             "p_value": p, "p_holm": p_holm, "differs": (p_holm < ALPHA) if not math.isnan(p_holm) else None,
             "epochs_mean": _mean_std([r["epochs"] for r in results])[0],
             "train_seconds_mean": _mean_std([r["train_seconds"] for r in results])[0],
+            "job": job if job is not None and job < 1 << 30 else None,  # Hydra's job number (last: csv columns)
         })
     if search:  # best first; last the trials the sweeper got no value from (run.py's objective: failed, diverged)
         def rank(v):

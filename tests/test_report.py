@@ -360,6 +360,7 @@ def test_a_searchs_trials_are_ranked_by_the_objective_and_not_tested_against_tri
     assert [(r["job"], r["status"]) for r in rows[3:]] == [(3, "failed"), (4, "diverged")]  # no value: last
     assert not any(r["baseline"] for r in rows) and all(math.isnan(r["p_value"]) for r in rows)
     assert all(math.isnan(r["delta_vs_baseline"]) for r in rows)
+    assert list(rows[0])[-1] == "job"  # summary.csv's new column comes last: the earlier ones keep their places
     markdown = summary_markdown(tmp_path, rows, runs, search="OptunaSweeper")
     assert "| 1 | 1 | model.dropout=0.323, optimizer.lr=4.95e-05 | completed | 0.4700 | 0.4500 | 3 | 1.0 |" in markdown
     assert "| 4 | 3 | model.dropout=0.1, optimizer.lr=0.2 | failed |" in markdown
