@@ -10,7 +10,6 @@ checks the official archive's MD5.
 import argparse
 import math
 import pickle
-import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -21,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cifar_ablate.augment import BatchAugment, torchvision_transform
 from cifar_ablate.config import CIFAR10_MD5, CIFAR10_URL, MEAN, STD
-from cifar_ablate.errors import ConfigError, DataError
+from cifar_ablate.errors import ConfigError, DataError, exit_with_error
 
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -321,21 +320,17 @@ def main(argv=None):
         p = sub.add_parser(name, help=text)
         p.add_argument("--root", default="data", help="folder holding (or to hold) cifar-10-batches-py")
     args = parser.parse_args(argv)
-
-    def refuse(message: str):  # exit 2, as argparse and `python -m cifar_ablate` do for a user's error
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
     try:
         if args.command == "download":
             print(f"CIFAR-10 at {download_cifar10(args.root)}")
         else:
             if not batch_dir(args.root).is_dir():  # read_cifar10's advice names the run's config keys
-                refuse(f"--root {args.root}: no CIFAR-10 at {batch_dir(args.root)}; fetch it with "
-                       f"python -m cifar_ablate.data download --root {args.root}")
+                exit_with_error(f"--root {args.root}: no CIFAR-10 at {batch_dir(args.root)}; fetch it with "
+                                f"python -m cifar_ablate.data download --root {args.root}")
             mean, std = channel_stats(read_cifar10(args.root)["train"][0])
             print(f"data.mean=[{','.join(map(str, mean))}] data.std=[{','.join(map(str, std))}]")
     except DataError as e:
-        refuse(str(e))
+        exit_with_error(e)
 
 
 if __name__ == "__main__":

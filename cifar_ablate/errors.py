@@ -1,4 +1,15 @@
 """Errors caused by the user's input: shown as one line and a non-zero exit, never as a traceback."""
+import sys
+from typing import NoReturn
+
+# A user's error exits 2, as argparse does (Hydra's own refusals while composing a config exit 1).
+USER_ERROR_EXIT = 2
+
+
+def exit_with_error(message) -> NoReturn:
+    """The one line on stderr and exit 2: how every command of the package ends on a user's error."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT)
 
 
 class UserError(Exception):

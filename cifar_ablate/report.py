@@ -30,7 +30,7 @@ from typing import Optional
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from cifar_ablate.errors import ConfigError
+from cifar_ablate.errors import ConfigError, exit_with_error
 from cifar_ablate.run_record import RESULT_STATUSES, read_metrics
 
 RUN_COLUMNS = ("run", "status", "seed", "test_acc", "best_val_acc", "test_loss", "epochs", "train_seconds")
@@ -698,7 +698,7 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
                                      ("train/loss_epoch", "training loss (cross-entropy)", "Training loss per epoch",
                                       "train_loss.png")):
         fig = plot_curves(curves[tag], ylabel, title, {v: f"{k} diverged" for v, k in diverged[tag].items()})
-        fig.savefig(sweep_dir / name, dpi=110, bbox_inches="tight")  # a legend beside the axes, long labels
+        fig.savefig(sweep_dir / name, dpi=110, bbox_inches="tight")  # the legend under the axes, whole
         plt.close(fig)
     fig = plot_test_accuracy(variants)
     fig.savefig(sweep_dir / "test_acc.png", dpi=110, bbox_inches="tight")
@@ -752,18 +752,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from cifar_ablate.console import ReaderGoneStdout
     sys.stdout = ReaderGoneStdout(sys.stdout)  # `python -m cifar_ablate.report <dir> | head`: no BrokenPipeError
-    def refuse(message: str):  # exit 2, as argparse and `python -m cifar_ablate` do for a user's error
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
     if not args.sweep_dir.is_dir():
-        refuse(f"{args.sweep_dir}: no such directory")
+        exit_with_error(f"{args.sweep_dir}: no such directory")
     if not run_dirs(args.sweep_dir):
-        refuse(f"{args.sweep_dir}: no runs here (expected sub-folders with a .hydra/ config)")
+        exit_with_error(f"{args.sweep_dir}: no runs here (expected sub-folders with a .hydra/ config)")
     try:
         # Only a baseline asked for here is refused; the sweep's own may lack its runs yet (a sweep in progress).
         _, runs, markdown = write_report(args.sweep_dir, args.baseline, strict=args.baseline is not None)
     except ConfigError as e:
-        refuse(str(e))
+        exit_with_error(e)
     print(markdown)
     # Unfinished runs are listed in the report; they do not make the report itself fail.
 

@@ -22,7 +22,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from cifar_ablate.config import CONFIG_DIR, check_config, where_and_how_keys
 from cifar_ablate.console import ReaderGoneStdout
-from cifar_ablate.errors import CheckpointError, ConfigError, UserError
+from cifar_ablate.errors import CheckpointError, ConfigError, UserError, exit_with_error
 from cifar_ablate.report import name_items, restore_plan, run_dirs, variant_of
 from cifar_ablate.run_record import RESULT_STATUSES, check_same_run, first_overrides, read_metrics, write_metrics
 
@@ -67,9 +67,7 @@ class OutputDirCheck(HydraCallback):
             tempfile.TemporaryFile(dir=path).close()
         except (OSError, InterpolationResolutionError) as e:
             reason = (e.__cause__ or e.__context__ or e) if isinstance(e, InterpolationResolutionError) else e
-            print(f"error: {key}: cannot write the output dir ({reason}); pass a writable {key}=<dir>",
-                  file=sys.stderr)
-            sys.exit(2)
+            exit_with_error(f"{key}: cannot write the output dir ({reason}); pass a writable {key}=<dir>")
 
 
 def refuse_other_run(run_dir: Path, cfg: DictConfig) -> None:
@@ -80,10 +78,9 @@ def refuse_other_run(run_dir: Path, cfg: DictConfig) -> None:
     try:
         check_same_run(run_dir, cfg, siblings)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             restore_plan(run_dir.parent)
-        sys.exit(2)
+        exit_with_error(e)
 
 
 class SameRunCheck(HydraCallback):
@@ -258,18 +255,18 @@ def refuse(error: UserError, cfg: DictConfig, run_dir: Path, epochs_done: int) -
     """A user error: one line and exit 2. In a sweep, an error of this sweep point alone (a value the sweep
     varies, or this run's checkpoint) instead fails only this run: recorded, and the other runs go on (the
     sweep exits 1 at its end, as for a crashed run). An error every point shares stops the sweep at once."""
-    print(f"error: {error}", file=sys.stderr)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         # What a sweep varies names its runs: hydra.job.override_dirname, e.g. `model=lenet,optimizer.lr=0`.
         varying = {override_key(item) for item in name_items(hydra_cfg.job.override_dirname)}
         if isinstance(error, CheckpointError) or varying & set(getattr(error, "keys", ())):
+            print(f"error: {error}", file=sys.stderr)
             import lightning.fabric.utilities.rank_zero  # noqa: F401  (sets the process's rank, from the environment)
             write_metrics(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}",
                                     "epoch": epochs_done, **run_identity(cfg)})
             return None
         restore_plan(run_dir.parent)  # the whole command is refused: its plan is not the study's
-    sys.exit(2)
+    exit_with_error(error)
 
 
 def resume_overrides(args: list[str]) -> list[str]:
@@ -312,14 +309,13 @@ def quote_baseline(args: list[str]) -> list[str]:
             and a.split("=", 1)[1][:1] not in "'\"" else a for a in args]
 
 
-# Hydra's modes, of which a command takes one (Hydra's own refusal of two is a traceback).
-MODE_FLAGS = {"-r": "--run", "--run": "--run", "-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg",
-              "--cfg": "--cfg", "-i": "--info", "--info": "--info", "-sc": "--shell-completion",
-              "--shell-completion": "--shell-completion"}
-
-
 def check_one_mode(args: list[str]) -> None:
-    modes = list(dict.fromkeys(MODE_FLAGS[a.split("=", 1)[0]] for a in args if a.split("=", 1)[0] in MODE_FLAGS))
+    """Hydra takes one of its modes a command; its own refusal of two is a traceback. Read with Hydra's parser."""
+    from hydra._internal.utils import get_args_parser
+    parsed = get_args_parser().parse_known_args(args)[0]
+    modes = [flag for flag, given in (("--run", parsed.run), ("--multirun", parsed.multirun), ("--cfg", parsed.cfg),
+                                      ("--info", parsed.info), ("--shell-completion", parsed.shell_completion))
+             if given]
     if len(modes) > 1:
         hint = "; to see a sweep point's config, give its values without -m" if "--multirun" in modes else ""
         raise UserError(f"{' and '.join(modes)}: give one of --run, --multirun, --cfg, --info, --shell-completion"
@@ -332,8 +328,7 @@ def cli() -> None:
         check_one_mode(sys.argv[1:])
         sys.argv[1:] = resume_overrides(quote_baseline(sys.argv[1:]))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error(e)
     sys.stdout = ReaderGoneStdout(sys.stdout)
     try:
         main()

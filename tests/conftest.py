@@ -65,11 +65,10 @@ def cifar_root(tmp_path_factory) -> Path:
 
 
 def made_once(tmp_path_factory, name: str, make) -> tuple[Path, dict]:
-    """`make(folder)` (returning a JSON-able dict) once per test session, also when xdist spreads the tests that
-    share it over workers: the first makes it under a lock, the others wait; each gets the folder and what `make`
-    returned. (xdist's
-    --dist loadgroup would keep them on one worker, but with pytest 9.2 it silently stops grouping:
-    pytest-xdist issue 1386.)"""
+    """`make(folder)` (returning a JSON-able dict, e.g. `process_record(run_cli(...))`) once per test session, also
+    when xdist spreads the tests that share it over workers: the first makes it under a lock, the others wait; each
+    gets the folder and what `make` returned. (xdist's --dist loadgroup would keep them on one worker, but with
+    pytest 9.2 it silently stops grouping: pytest-xdist issue 1386.)"""
     import json
     import traceback
 
@@ -89,6 +88,11 @@ def made_once(tmp_path_factory, name: str, make) -> tuple[Path, dict]:
     if "made_once_error" in made:
         pytest.fail(f"making {name} (shared by several tests) failed:\n{made['made_once_error']}")
     return folder, made
+
+
+def process_record(result: subprocess.CompletedProcess) -> dict:
+    """What a test reads of a finished CLI run, as made_once can keep it."""
+    return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
 
 
 # Settings that make a CLI run take seconds on the fixture.

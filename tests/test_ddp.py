@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, made_once, run_cli
+from conftest import FAST, made_once, process_record, run_cli
 
 DDP = ["trainer=ddp", "trainer.devices=2", *FAST, "trainer.max_epochs=2"]  # FAST: accelerator=cpu, so gloo
 
@@ -41,9 +41,8 @@ def ddp_run(tmp_path_factory, cifar_root):
     """One 2-process run with the CSV logger, made once for the tests of what it did (it starts 3 processes)."""
     def make(cwd):
         (cwd / "record_ranks.py").write_text(RECORD_RANKS)
-        result = run_cli(f"data.root={cifar_root}", *DDP, "logger=csv", "data.eval_batch_size=10",
-                         "hydra.run.dir=run", cwd=cwd, file=Path("record_ranks.py"))
-        return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+        return process_record(run_cli(f"data.root={cifar_root}", *DDP, "logger=csv", "data.eval_batch_size=10",
+                                      "hydra.run.dir=run", cwd=cwd, file=Path("record_ranks.py")))
     cwd, result = made_once(tmp_path_factory, "ddp_run", make)
     assert result["returncode"] == 0, result["stderr"][-3000:]
     return cwd, result

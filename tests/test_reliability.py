@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from cifar_ablate.errors import UserError
 from cifar_ablate.report import read_curves
 from cifar_ablate.run import fresh_dir, resume_overrides
-from conftest import FAST, REPO, made_once, run_cli
+from conftest import FAST, REPO, made_once, process_record, run_cli
 
 # Runs the CLI but sends itself STOP_SIGNAL in the middle of epoch 2 (in batch 3 of 8).
 SIGNAL_MID_EPOCH = """
@@ -38,8 +38,7 @@ def uninterrupted(tmp_path_factory, cifar_root):
     args = [f"data.root={cifar_root}", *FAST, "trainer.max_epochs=3", "model=lenet_dropout", "augment=crop_flip"]
 
     def make(cwd):
-        whole = run_cli(*args, "hydra.run.dir=whole", cwd=cwd)
-        return {"returncode": whole.returncode, "stderr": whole.stderr}
+        return process_record(run_cli(*args, "hydra.run.dir=whole", cwd=cwd))
     cwd, whole = made_once(tmp_path_factory, "uninterrupted", make)  # one run for the tests that compare with it
     assert whole["returncode"] == 0, whole["stderr"]
     return args, cwd / "whole"
