@@ -311,7 +311,10 @@ def quote_baseline(args: list[str]) -> list[str]:
 
 def check_one_mode(args: list[str]) -> None:
     """Hydra takes one of its modes a command; its own refusal of two is a traceback. Read with Hydra's parser."""
-    from hydra._internal.utils import get_args_parser
+    try:
+        from hydra._internal.utils import get_args_parser
+    except ImportError:  # moved by a Hydra upgrade: Hydra's own refusal (a traceback), not a failing command
+        return
     parsed = get_args_parser().parse_known_args(args)[0]
     modes = [flag for flag, given in (("--run", parsed.run), ("--multirun", parsed.multirun), ("--cfg", parsed.cfg),
                                       ("--info", parsed.info), ("--shell-completion", parsed.shell_completion))
