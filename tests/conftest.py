@@ -100,15 +100,75 @@ FAST = ["trainer.max_epochs=1", "data.val_size=50", "data.batch_size=32", "train
 
 
 def run_cli(*args: str, cwd: Path, module: str = "cifar_ablate", script: Optional[str] = None,
-            file: Optional[Path] = None, env: Optional[dict] = None, timeout: int = 300) -> subprocess.CompletedProcess:
+            file: Optional[Path] = None, env: Optional[dict] = None, timeout: int = 300,
+            fresh: bool = False) -> subprocess.CompletedProcess:
     """Run `python -m <module> args` as a user types it, in `cwd`; given `script`, `python -c <script> args`
     (a script that patches cifar_ablate to inject a fault or a signal, then calls its entry point); given
-    `file`, `python <file> args` (a benchmark, or a patching script that spawned workers must import)."""
+    `file`, `python <file> args` (a benchmark, or a patching script that spawned workers must import).
+    The process is forked from a Python that has imported the heavy libraries already (tests/warm_python.py);
+    `fresh=True` starts a new interpreter, for what depends on import order or on being started from argv."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # errors as users see them
     full_env.update(PYTHONPATH=str(REPO), **(env or {}))
     program = [str(file)] if file is not None else ["-c", script] if script is not None else ["-m", module]
-    return subprocess.run([sys.executable, *program, *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    command = [sys.executable, *program, *args]
+    if fresh or any(key.startswith(READ_AT_IMPORT) for key in env or {}):
+        return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return run_warm(command, program, cwd, full_env, timeout)
+
+
+# Variables the libraries read when imported: a run that sets them needs a fresh interpreter.
+READ_AT_IMPORT = ("OMP_", "MKL_", "PYTHON", "TORCH", "CUDA", "LD_", "MPL")
+_warm_server: list = []
+
+
+def warm_server_path() -> str:
+    """Start tests/warm_python.py for this test process (once), and return its socket."""
+    if not _warm_server:
+        import atexit
+        import tempfile
+        path = os.path.join(tempfile.mkdtemp(prefix="cifar_ablate_warm_"), "socket")
+        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm_python.py")), path],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env={**env, "PYTHONPATH": str(REPO)})
+        ready = server.stdout.readline()
+        os.set_blocking(server.stderr.fileno(), False)
+        printed = server.stderr.read() or b""
+        # A warning printed by the imports would be printed by every fresh run, and by no forked one.
+        assert ready == b"ready\n" and not printed, f"warm_python.py did not start cleanly: {ready!r} {printed!r}"
+        atexit.register(server.stdin.close)  # its stdin closing ends it
+        _warm_server.append(path)
+    return _warm_server[0]
+
+
+def run_warm(command: list, program: list, cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """subprocess.run(command, cwd, env, capture_output=True, text=True, timeout), by a fork of the warm server."""
+    import json
+    import locale
+    import socket
+    import tempfile
+    kind, target = (program[0], program[1]) if program[0] in ("-m", "-c") else ("file", program[0])
+    request = json.dumps({"program": [kind, target], "args": command[1 + len(program):], "cwd": str(cwd),
+                          "env": env}).encode() + b"\n"
+    with open(os.devnull) as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(warm_server_path())
+        sent = socket.send_fds(conn, [request], [stdin.fileno(), out.fileno(), err.fileno()])
+        conn.sendall(request[sent:])
+        replies = conn.makefile("rb")
+        pid = int(replies.readline())
+        conn.settimeout(timeout)
+        try:
+            returncode = int(replies.readline())
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            raise subprocess.TimeoutExpired(command, timeout) from None
+        # as subprocess's text mode decodes: the locale's encoding, universal newlines
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = [f.read().decode(locale.getpreferredencoding(False)).replace("\r\n", "\n")
+                          .replace("\r", "\n") for f in (out, err)]
+    return subprocess.CompletedProcess(command, returncode, stdout, stderr)
 
 
 @pytest.fixture

@@ -325,7 +325,8 @@ cli()
 @pytest.mark.parametrize("override", ["optimizer.lr=0", "data.batch_size=many", "model=lenet7"])
 def test_a_config_error_is_reported_before_torch_is_imported(tmp_path, cifar_root, override):
     """torch, torchvision and Lightning take seconds to import; a mistyped override should not wait for them."""
-    result = run_cli(f"data.root={cifar_root}", "hydra.run.dir=run", override, cwd=tmp_path, script=TORCH_AT_EXIT)
+    result = run_cli(f"data.root={cifar_root}", "hydra.run.dir=run", override, cwd=tmp_path, script=TORCH_AT_EXIT,
+                     fresh=True)
     assert result.returncode in (1, 2), result.stderr[-2000:]
     assert "torch imported: False" in result.stderr
 

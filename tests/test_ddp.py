@@ -42,7 +42,7 @@ def ddp_run(tmp_path_factory, cifar_root):
     def make(cwd):
         (cwd / "record_ranks.py").write_text(RECORD_RANKS)
         return process_record(run_cli(f"data.root={cifar_root}", *DDP, "logger=csv", "data.eval_batch_size=10",
-                                      "hydra.run.dir=run", cwd=cwd, file=Path("record_ranks.py")))
+                                      "hydra.run.dir=run", cwd=cwd, file=Path("record_ranks.py"), fresh=True))
     cwd, result = made_once(tmp_path_factory, "ddp_run", make)
     assert result["returncode"] == 0, result["stderr"][-3000:]
     return cwd, result
@@ -79,7 +79,8 @@ def test_a_ddp_run_trains_on_both_processes_with_disjoint_halves_and_reports_onc
 
 
 def test_a_ddp_sweep_runs_once_with_one_dir_and_result_per_trial(tmp_path, cifar_root):
-    result = run_cli("-m", "seed=0,1", f"data.root={cifar_root}", *DDP, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    result = run_cli("-m", "seed=0,1", f"data.root={cifar_root}", *DDP, "hydra.sweep.dir=sweep", cwd=tmp_path,
+                     fresh=True)  # Lightning starts the other process from this one's argv
     assert result.returncode == 0, result.stderr[-3000:]
     assert (result.stdout + result.stderr).count("Launching 2 jobs") == 1  # no worker re-ran the sweep
     assert [p.name for p in tmp_path.iterdir()] == ["sweep"]
