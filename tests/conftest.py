@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny CIFAR-10 tree in the exact official layout, and a way to run the CLI."""
+import contextlib
 import os
 import pickle
 import signal
@@ -116,8 +117,8 @@ def run_cli(*args: str, cwd: Path, module: str = "cifar_ablate", script: Optiona
     return run_warm(command, program, cwd, full_env, timeout)
 
 
-# Variables the libraries read when imported: a run that sets them needs a fresh interpreter.
-READ_AT_IMPORT = ("OMP_", "MKL_", "PYTHON", "TORCH", "CUDA", "LD_", "MPL")
+# Variables read at start-up or when a library loads: a run that sets them needs a fresh interpreter.
+READ_AT_IMPORT = ("OMP_", "MKL_", "OPENBLAS_", "KMP_", "PYTHON", "TORCH", "CUDA", "LD_", "MPL", "LANG", "LC_")
 _warm_server: list = []
 
 
@@ -125,10 +126,11 @@ def warm_server_path() -> str:
     """Start tests/warm_python.py for this test process (once), and return its socket."""
     if not _warm_server:
         import atexit
+        import shutil
         import tempfile
-        path = os.path.join(tempfile.mkdtemp(prefix="cifar_ablate_warm_"), "socket")
+        folder = tempfile.mkdtemp(prefix="cifar_ablate_warm_")
         env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-        server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm_python.py")), path],
+        server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm_python.py")), f"{folder}/socket"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   env={**env, "PYTHONPATH": str(REPO)})
         ready = server.stdout.readline()
@@ -136,38 +138,68 @@ def warm_server_path() -> str:
         printed = server.stderr.read() or b""
         # A warning printed by the imports would be printed by every fresh run, and by no forked one.
         assert ready == b"ready\n" and not printed, f"warm_python.py did not start cleanly: {ready!r} {printed!r}"
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         atexit.register(server.stdin.close)  # its stdin closing ends it
-        _warm_server.append(path)
+        _warm_server.append(f"{folder}/socket")
     return _warm_server[0]
 
 
-def run_warm(command: list, program: list, cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
-    """subprocess.run(command, cwd, env, capture_output=True, text=True, timeout), by a fork of the warm server."""
+def run_warm(command: list, program: list, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run(command, cwd, env, capture_output=True, text=True, timeout), by a fork of the warm server:
+    the output is read until every process holding it has closed it, and the child is killed on any exception."""
     import json
     import locale
+    import selectors
     import socket
-    import tempfile
+    import time
+    if not Path(cwd).is_dir():
+        raise FileNotFoundError(f"cwd {cwd} is not a directory")
     kind, target = (program[0], program[1]) if program[0] in ("-m", "-c") else ("file", program[0])
     request = json.dumps({"program": [kind, target], "args": command[1 + len(program):], "cwd": str(cwd),
                           "env": env}).encode() + b"\n"
-    with open(os.devnull) as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.connect(warm_server_path())
-        sent = socket.send_fds(conn, [request], [stdin.fileno(), out.fileno(), err.fileno()])
-        conn.sendall(request[sent:])
-        replies = conn.makefile("rb")
-        pid = int(replies.readline())
-        conn.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = None
+    output = {out_r: b"", err_r: b""}
+    with open(os.devnull) as stdin, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn, \
+            selectors.DefaultSelector() as pending:
         try:
+            conn.connect(warm_server_path())
+            conn.settimeout(timeout)
+            sent = socket.send_fds(conn, [request], [stdin.fileno(), out_w, err_w])
+            conn.sendall(request[sent:])
+            os.close(out_w)
+            os.close(err_w)
+            out_w = err_w = None
+            replies = conn.makefile("rb")
+            pid = int(replies.readline())
+            for fd in output:
+                pending.register(fd, selectors.EVENT_READ)
+            while pending.get_map():
+                ready = pending.select(deadline - time.monotonic())
+                if not ready:
+                    raise TimeoutError
+                for key, _ in ready:
+                    chunk = os.read(key.fd, 1 << 16)
+                    output[key.fd] += chunk
+                    if not chunk:
+                        pending.unregister(key.fd)
+            conn.settimeout(max(deadline - time.monotonic(), 0.001))
             returncode = int(replies.readline())
+            pid = None
         except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            raise subprocess.TimeoutExpired(command, timeout) from None
-        # as subprocess's text mode decodes: the locale's encoding, universal newlines
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = [f.read().decode(locale.getpreferredencoding(False)).replace("\r\n", "\n")
-                          .replace("\r", "\n") for f in (out, err)]
+            raise subprocess.TimeoutExpired(command, timeout, output[out_r], output[err_r]) from None
+        finally:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            for fd in (out_r, err_r, out_w, err_w):
+                if fd is not None:
+                    os.close(fd)
+    # as subprocess's text mode decodes: the locale's encoding, universal newlines
+    stdout, stderr = [output[fd].decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace("\r", "\n")
+                      for fd in (out_r, err_r)]
     return subprocess.CompletedProcess(command, returncode, stdout, stderr)
 
 
