@@ -157,6 +157,16 @@ def _setters(group: str, key: str, choices: dict) -> list[str]:
     return found
 
 
+def _takes_bool(parameter) -> bool:
+    """Declared `bool` or `Optional[bool]`, or a bool by default."""
+    import typing
+    annotation = parameter.annotation
+    if isinstance(annotation, str):  # postponed annotations
+        annotation = {"bool": bool, "Optional[bool]": Optional[bool], "bool | None": Optional[bool]}.get(annotation)
+    return (isinstance(parameter.default, bool) or annotation is bool
+            or (typing.get_origin(annotation) is typing.Union and set(typing.get_args(annotation)) == {bool, type(None)}))
+
+
 def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
     """Every key of an open group must be a parameter of the class it builds (LeNet takes no dropout2): else the
     run would fail with a traceback as it builds, after the data has loaded."""
@@ -181,7 +191,14 @@ def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
             continue  # takes any keyword (TensorBoardLogger passes them on)
         takes = set(params) - PASSED_BY_US
         for key in node:
-            if key.startswith("_") or key in takes or key in OWN_KEYS.get(group, ()):
+            if key in takes:
+                value = node[key]
+                # An open group has no schema to convert `no` or `off`, and any non-empty string is true.
+                if _takes_bool(params[key]) and not isinstance(value, bool) and not (value is None and
+                                                                                     params[key].default is None):
+                    raise ConfigError(f"{group}.{key}={value}: must be true or false", keys=(f"{group}.{key}",))
+                continue
+            if key.startswith("_") or key in OWN_KEYS.get(group, ()):
                 continue
             choice, setters = choices.get(group), _setters(group, key, choices)
             hint = _did_you_mean(key, takes)

@@ -179,6 +179,9 @@ CLASS_KEYS = [
                                        r"dropout, num_classes"),
     ("trainer.fast_dev_run=true", "trainer.fast_dev_run=True: not supported: it turns off logging and checkpoints"),
     ("scheduler=none +scheduler.gamma=0.1", "scheduler.gamma: scheduler=none builds nothing, so nothing would read it"),
+    # A yes/no word in a group without a schema would be a non-empty string, so true: BatchNorm on.
+    ("model=lenet_bn model.batch_norm=no", "model.batch_norm=no: must be true or false"),
+    ("optimizer=sgd optimizer.nesterov=off", "optimizer.nesterov=off: must be true or false"),
     ("model._target_=cifar_ablate.models.Nope", r"model._target_=cifar_ablate.models.Nope: cannot be imported "
                                                 r"\(ImportError\)"),
 ]
