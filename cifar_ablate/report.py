@@ -236,6 +236,9 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
     # Several seeds run or planned: a sweep whose runs failed or have not started is no one-seed study.
     multi_seed = seeds_planned > 1 or any(v["runs"] > 1 for v in variants)
     lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
+    settings = shared_overrides(sweep_dir)
+    if settings:
+        lines += ["Given to every run: " + " ".join(f"`{o}`" for o in settings), ""]
     if search:
         lines += ["| rank | job | values | status | best_val_acc (objective) | test_acc | epochs | train s |",
                   "|" + "---|" * 8]
@@ -549,22 +552,55 @@ def read_baseline(sweep_dir: Path) -> Optional[str]:
 LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 
 
+def _limits(trainer) -> dict:
+    """The trainer keys that cut a split or the training short. Lightning reads an int as a batch count (1: one
+    batch) and a float as a fraction (1.0: all)."""
+    found = {k: trainer.get(k) for k in LIMITS
+             if trainer.get(k) is not None and not (isinstance(trainer.get(k), float) and trainer.get(k) == 1.0)}
+    if (trainer.get("max_steps") or -1) > 0:
+        found["max_steps"] = trainer.get("max_steps")
+    return found
+
+
 def limits_note(sweep_dir: Path) -> Optional[str]:
-    """Says so when runs used only part of a split (trainer.limit_*_batches): a quick check, not a study's numbers."""
+    """Says so when runs used only part of a split (trainer.limit_*_batches) or stopped at trainer.max_steps: a
+    quick check, not a study's numbers; and when they trained on a fraction of the training split
+    (data.train_fraction, which some presets set: a stated part of the study, not a cut)."""
     used: dict[str, set] = {}
-    limited, runs = 0, run_dirs(sweep_dir)
+    limited, fractions, runs = 0, set(), run_dirs(sweep_dir)
+    trained_on_part = 0
     for run_dir in runs:
         config = run_dir / ".hydra" / "config.yaml"
-        trainer = (OmegaConf.load(config).get("trainer") or {}) if config.exists() else {}
-        found = {k: trainer.get(k) for k in LIMITS if trainer.get(k) not in (None, 1, 1.0)}
+        saved = OmegaConf.load(config) if config.exists() else OmegaConf.create()
+        found = _limits(saved.get("trainer") or {})
         limited += bool(found)
         for k, v in found.items():
             used.setdefault(k, set()).add(str(v))
-    if not limited:
-        return None
-    return (f"{limited} of {len(runs)} runs used part of a split ("
-            + ", ".join(f"trainer.{k}={'/'.join(sorted(v))}" for k, v in used.items())
-            + "): their epochs, accuracies and losses are not those of the full study.")
+        fraction = OmegaConf.select(saved, "data.train_fraction", default=None)
+        if fraction is not None and fraction < 1:
+            trained_on_part += 1
+            fractions.add(str(fraction))
+    notes = []
+    if limited:
+        notes.append(f"{limited} of {len(runs)} runs used part of a split or stopped early ("
+                     + ", ".join(f"trainer.{k}={'/'.join(sorted(v))}" for k, v in used.items())
+                     + "): their epochs, accuracies and losses are not those of the full study.")
+    if trained_on_part:
+        notes.append(f"{trained_on_part} of {len(runs)} runs trained on part of the training split "
+                     f"(data.train_fraction={'/'.join(sorted(fractions))}).")
+    return " ".join(notes) or None
+
+
+def shared_overrides(sweep_dir: Path) -> list[str]:
+    """The command-line overrides every run of the sweep was given (its fixed settings, a preset among them), in
+    the order typed; what varies names the variants."""
+    shared: Optional[list[str]] = None
+    for run_dir in run_dirs(sweep_dir):
+        path = run_dir / ".hydra" / "overrides.yaml"
+        if path.exists():
+            given = list(OmegaConf.load(path))
+            shared = given if shared is None else [o for o in shared if o in given]
+    return shared or []
 
 
 def test_set_validation_note(sweep_dir: Path) -> Optional[str]:
