@@ -238,6 +238,10 @@ def check_config(cfg: DictConfig, choices: Optional[dict] = None) -> None:
                     none_ok=True)
     _require_number(cfg.trainer, "trainer", ("max_steps", "num_nodes", "log_every_n_steps", "accumulate_grad_batches",
                                              "num_sanity_val_steps"))
+    for key in ("max_epochs", "max_steps", "check_val_every_n_epoch", "log_every_n_steps", "accumulate_grad_batches",
+                "num_sanity_val_steps"):  # counts: Lightning asserts on 1.5 with a traceback
+        value = cfg.trainer.get(key)
+        _require(value is None or isinstance(value, int), f"trainer.{key}", value, "must be a whole number")
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be in [0, 2**32)")
     _require(0 <= cfg.data.split_seed < 2**32, "data.split_seed", cfg.data.split_seed, "must be in [0, 2**32)")
     _require(cfg.compile_mode in COMPILE_MODES, "compile_mode", cfg.compile_mode,

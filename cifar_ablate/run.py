@@ -199,7 +199,8 @@ def one_run(cfg: DictConfig, run_dir: Path) -> Optional[float]:
     previous = read_metrics(run_dir)
     if previous is not None and previous["status"] in RESULT_STATUSES:
         # Re-running a sweep into its dir redoes only what has no result yet.
-        log.info("%s: already %s, skipping (delete its metrics.json to rerun)", run_dir.name, previous["status"])
+        # Deleting metrics.json alone would resume from the last checkpoint and only test again.
+        log.info("%s: already %s, skipping (delete its dir to train it again)", run_dir.name, previous["status"])
         return objective(previous)
     try:
         check_config(cfg)

@@ -229,8 +229,7 @@ def test_rerunning_a_sweep_redoes_only_runs_without_a_result(tmp_path, cifar_roo
     assert run_cli(*args, cwd=tmp_path).returncode == 0
     sweep = tmp_path / "sweep"
     before = {s: (sweep / f"seed={s}" / "metrics.json").stat().st_mtime_ns for s in (0, 1, 2)}
-    (sweep / "seed=1" / "metrics.json").unlink()
-    (sweep / "seed=1" / "checkpoints" / "last.ckpt").unlink()
+    shutil.rmtree(sweep / "seed=1")  # as the skip line says, to train it again
     failed = sweep / "seed=2" / "metrics.json"
     failed.write_text(json.dumps({"status": "failed", "error": "RuntimeError: boom", "epoch": 0}))
 
@@ -239,9 +238,9 @@ def test_rerunning_a_sweep_redoes_only_runs_without_a_result(tmp_path, cifar_roo
     assert (sweep / "seed=0" / "metrics.json").stat().st_mtime_ns == before[0]  # not redone
     for s in (1, 2):
         assert json.loads((sweep / f"seed={s}" / "metrics.json").read_text())["status"] == "completed"
-    assert "seed=0: already completed, skipping" in again.stderr + again.stdout
+    assert "seed=0: already completed, skipping (delete its dir to train it again)" in again.stderr + again.stdout
     assert "| seed=2 | completed |" in (sweep / "summary.md").read_text()
-    # seed=1 started over: its curves are the new attempt's one epoch, not the deleted attempt's as well.
+    # seed=1 trained again from nothing: one epoch of curves.
     assert [len(read_curves(sweep / f"seed={s}")["val/acc"]) for s in (0, 1, 2)] == [1, 1, 1]
 
 
