@@ -120,6 +120,7 @@ def _require_number(group: DictConfig, prefix: str, keys: tuple, none_ok: bool =
 
 TYPED_GROUPS = {"data": DataConfig, "augment": AugmentConfig, "regularization": RegularizationConfig,
                 "init": InitConfig}
+OPEN_GROUPS = ("model", "optimizer", "scheduler", "trainer", "logger")  # their options' classes take the keys
 # Keys of an open group that cifar_ablate reads itself instead of passing them to the group's class.
 OWN_KEYS = {"scheduler": {"interval"}}
 # Keyword arguments cifar_ablate passes itself (the parameters, the optimizer, the trainer's logger, ...).
@@ -173,7 +174,7 @@ def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
     import inspect
 
     from hydra.utils import get_object
-    for group in ("model", "optimizer", "scheduler", "trainer", "logger"):
+    for group in OPEN_GROUPS:
         node = cfg[group]
         target = node.get("_target_")
         if not target:  # e.g. scheduler=none: nothing is built, so nothing would read a key
@@ -226,6 +227,10 @@ def check_config(cfg: DictConfig, choices: Optional[dict] = None) -> None:
     if choices is None:
         from hydra.core.hydra_config import HydraConfig
         choices = group_choices() if HydraConfig.initialized() else {}  # {}: a config composed by hand
+        for group in (*TYPED_GROUPS, *OPEN_GROUPS):
+            if choices and group not in choices:  # Hydra records no choice for a list of options
+                raise ConfigError(f"{group}: a list of options ({group}=[a,b]) merges them into one run; to compare "
+                                  f"them, sweep: -m {group}=a,b", keys=(group,))
     _check_schema_keys(cfg)
     _require_number(cfg.model, "model", ("dropout", "dropout2"), none_ok=True)
     _require_number(cfg.model, "model", ("blocks_per_stage",))

@@ -127,6 +127,8 @@ def test_a_run_that_never_validated_says_so_instead_of_a_best_accuracy(tmp_path,
 BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("optimizer.lr=0", "optimizer.lr=0: must be > 0"),
     ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: must be a whole number"),
+    ("model=[lenet,lenet_bn]", r"model: a list of options \(model=\[a,b\]\) merges them into one run; to compare "
+                               r"them, sweep: -m model=a,b"),
     ("optimizer.momentum=1.5", r"optimizer.momentum=1.5: must be in \[0, 1\)"),
     ("optimizer.weight_decay=-1e-4", "optimizer.weight_decay=-0.0001: must be >= 0"),
     ("model.dropout=-0.1", r"model.dropout=-0.1: must be in \[0, 1\)"),
