@@ -512,16 +512,17 @@ def plot_test_accuracy(variants: list[dict]):
     labels = figure_labels([v["variant"] for v in variants])
     names = [labels[v["variant"]] for v in variants]
     means = [0 if math.isnan(v["test_acc_mean"]) else v["test_acc_mean"] for v in variants]
-    errors = [0 if math.isnan(v["test_acc_std"]) else v["test_acc_std"] for v in variants]
+    one_run_each = all(v["n"] <= 1 for v in variants)  # no spread to show: no error bars, and the label says so
+    errors = [0 if one_run_each or math.isnan(v["test_acc_std"]) else v["test_acc_std"] for v in variants]
     sideways = len(names) > 8 or max(map(len, names), default=0) > 24
     if sideways:
         fig, ax = plt.subplots(figsize=(4.5 + 0.06 * max(map(len, names)), 1.5 + 0.4 * len(names)))
-        ax.barh(range(len(names)), means, xerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        ax.barh(range(len(names)), means, xerr=None if one_run_each else errors, capsize=4, color="tab:blue", alpha=0.8)
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.invert_yaxis()  # the first variant (a search's best trial) on top
     else:
         fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(variants) + 2), 4.5))
-        ax.bar(range(len(names)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        ax.bar(range(len(names)), means, yerr=None if one_run_each else errors, capsize=4, color="tab:blue", alpha=0.8)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     # A variant without a result would read as a bar at 0%; a diverged run's accuracy is a result, marked as such.
     for i, v in enumerate(variants):
@@ -531,7 +532,7 @@ def plot_test_accuracy(variants: list[dict]):
             ax.annotate(text, (end, i) if sideways else (i, end), xytext=(3, 0) if sideways else (0, 3),
                         textcoords="offset points", ha="left" if sideways else "center",
                         va="center" if sideways else "baseline", fontsize=7, color="tab:red")
-    accuracy = "test accuracy (mean ± std over seeds)"
+    accuracy = "test accuracy (one run each)" if one_run_each else "test accuracy (mean ± std over seeds)"
     ax.set_xlabel(accuracy if sideways else "variant")
     ax.set_ylabel("variant" if sideways else accuracy)
     ax.set_title("Final test accuracy")

@@ -233,12 +233,23 @@ def test_a_loss_curve_spanning_orders_of_magnitude_is_drawn_on_a_log_axis():
     assert ax.get_yscale() == "linear" and ax.get_ylabel() == "training loss"
 
 
+def error_bars(ax) -> bool:
+    from matplotlib.container import ErrorbarContainer
+    return any(isinstance(c, ErrorbarContainer) for c in ax.containers)
+
+
 def test_bar_chart_has_one_bar_per_variant_with_error_bars():
     rows = variant_rows([run("model=a", 0, 0.5), run("model=a", 1, 0.6), run("model=b", 0, 0.7)], None)
     ax = plot_test_accuracy(rows).axes[0]
     assert len(ax.patches) == 2 and ax.get_ylabel().startswith("test accuracy")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["model=a", "model=b"]
     assert not ax.texts  # nothing to mark
+    assert ax.get_ylabel() == "test accuracy (mean ± std over seeds)" and error_bars(ax)
+
+
+def test_bar_chart_of_one_run_per_variant_says_so_and_draws_no_error_bars():
+    ax = plot_test_accuracy(variant_rows([run("model=a", 0, 0.5), run("model=b", 0, 0.7)], None)).axes[0]
+    assert ax.get_ylabel() == "test accuracy (one run each)" and not error_bars(ax)
 
 
 def test_bar_chart_marks_diverged_runs_and_variants_without_a_result():
