@@ -244,7 +244,11 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         # (a broken driver, a bug) keeps its traceback.
         if not isinstance(e.__cause__, (ValueError, TypeError, ImportError, MisconfigurationException)):
             raise
-        raise ConfigError(f"trainer: {e.__cause__}") from None
+        asked = str(trainer_cfg.get("accelerator", "auto"))
+        missing = asked not in ("cpu", "auto") and not (asked in ("gpu", "cuda") and torch.cuda.is_available())
+        hint = f" (no {asked} here: trainer=cpu, or trainer.accelerator=auto, runs on what this machine has)"
+        hint = hint if missing else ""
+        raise ConfigError(f"trainer: {e.__cause__}{hint}") from None
 
     # An interrupted run continues where its checkpoint was taken: same data order, weights and RNG.
     last = resume.path

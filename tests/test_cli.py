@@ -206,6 +206,14 @@ def test_a_key_the_options_class_does_not_take_is_refused_in_one_line(compose_co
     assert re.fullmatch(message + ".*", str(refused.value))
 
 
+def test_asking_for_a_gpu_on_a_machine_without_one_says_what_runs_here(tmp_path, cifar_root):
+    result = run_cli(f"data.root={cifar_root}", *FAST[:-1], "trainer=gpu", "hydra.run.dir=run", cwd=tmp_path,
+                     env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, also where the suite runs on a GPU machine
+    assert result.returncode == 2
+    assert re.fullmatch(r"error: trainer: .* \(no gpu here: trainer=cpu, or trainer.accelerator=auto, runs on what "
+                        r"this machine has\)", result.stderr.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("override, message", BAD_VALUES)
 def test_bad_value_stops_before_training_with_one_line(tmp_path, cifar_root, override, message):
     broken = write_cifar_tree(tmp_path / "truncated", per_batch=10, test_images=10) / "data_batch_2"
