@@ -3,10 +3,12 @@
 `python -m cifar_ablate [overrides]` enters at `cli`; with `-m` Hydra calls `main` once per sweep point.
 Nothing here imports torch or Lightning at load: a config error is reported before those imports.
 """
+import contextlib
 import gc
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -277,7 +279,17 @@ def refuse(error: UserError, cfg: DictConfig, run_dir: Path, epochs_done: int) -
                                     "epoch": epochs_done, **run_identity(cfg)})
             return None
         restore_plan(run_dir.parent)  # the whole command is refused: its plan is not the study's
+        remove_if_only_hydras(run_dir, f"{hydra_cfg.job.name}.log")  # else reported as running or stopped
     exit_with_error(error)
+
+
+def remove_if_only_hydras(run_dir: Path, log_name: str) -> None:
+    """Remove a run dir that holds nothing but what Hydra wrote as the job started (its .hydra record and log),
+    and the sweep dir around it if that leaves it empty: a refused command's, not a run of the study."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", log_name}:
+        shutil.rmtree(run_dir)
+        with contextlib.suppress(OSError):  # not empty: other runs, or the plan of an earlier command
+            run_dir.parent.rmdir()
 
 
 def resume_overrides(args: list[str]) -> list[str]:
