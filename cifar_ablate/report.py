@@ -496,8 +496,10 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
         # Below the axes, not over the lines, in a figure taller by its height, so the axes keep theirs.
         fig.set_figheight(4.5 + 0.16 * len(entries))
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.17), borderaxespad=0)
-    else:
+    elif entries:
         ax.legend(fontsize=8)
+    else:  # empty axes would read as a figure that failed to draw
+        ax.text(0.5, 0.5, "no run has values to draw yet", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
     return fig
 

@@ -71,7 +71,6 @@ def test_variant_rows_compare_against_the_named_baseline():
     assert first["variant"] == "model=a" and first["baseline"]
 
 
-@pytest.mark.filterwarnings("ignore:No artists with labels")  # these hand-made runs have no curves to draw
 def test_a_baseline_that_names_no_variant_is_refused_by_hand_and_noted_in_a_sweep(tmp_path):
     import json
     import subprocess
@@ -233,6 +232,14 @@ def test_a_loss_curve_spanning_orders_of_magnitude_is_drawn_on_a_log_axis():
     assert ax.get_yscale() == "linear" and ax.get_ylabel() == "training loss"
 
 
+def test_a_curve_figure_with_nothing_to_draw_says_so_without_a_warning():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend"
+        ax = plot_curves({"model=a": [[]]}, "validation accuracy", "nothing yet").axes[0]
+    assert [t.get_text() for t in ax.texts] == ["no run has values to draw yet"] and ax.get_legend() is None
+
+
 def error_bars(ax) -> bool:
     from matplotlib.container import ErrorbarContainer
     return any(isinstance(c, ErrorbarContainer) for c in ax.containers)
@@ -260,7 +267,6 @@ def test_bar_chart_marks_diverged_runs_and_variants_without_a_result():
     assert marks == {1: "1 of 2 diverged", 2: "no result"}
 
 
-@pytest.mark.filterwarnings("ignore:No artists with labels")  # these hand-made runs have no curves to draw
 def test_runs_limited_to_part_of_a_split_are_flagged_at_the_top_of_the_summary(tmp_path):
     import json
 
@@ -293,7 +299,6 @@ def test_runs_limited_to_part_of_a_split_are_flagged_at_the_top_of_the_summary(t
             "curves are test-set numbers, not a held-out choice.") in write_report(tmp_path)[2]
 
 
-@pytest.mark.filterwarnings("ignore:No artists with labels")  # these hand-made runs have no curves to draw
 def test_the_summary_names_the_preset_and_settings_every_run_was_given(tmp_path):
     import json
 
@@ -308,7 +313,6 @@ def test_the_summary_names_the_preset_and_settings_every_run_was_given(tmp_path)
     assert "Given to every run: `+experiment=lenet_variants` `data.train_fraction=0.05`\n" in summary
 
 
-@pytest.mark.filterwarnings("ignore:No artists with labels")  # these hand-made runs have no curves to draw
 def test_a_seed_trained_again_under_a_new_name_counts_once(tmp_path):
     import csv
     import json
