@@ -159,13 +159,17 @@ def _setters(group: str, key: str, choices: dict) -> list[str]:
 
 
 def _takes_bool(parameter) -> bool:
-    """Declared `bool` or `Optional[bool]`, or a bool by default."""
+    """Declared `bool` or `Optional[bool]`, or, undeclared, a bool by default (not `Union[int, bool]`, as
+    Lightning's fast_dev_run, where 0 and 5 are values too)."""
+    import inspect
     import typing
     annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        return isinstance(parameter.default, bool)
     if isinstance(annotation, str):  # postponed annotations
         annotation = {"bool": bool, "Optional[bool]": Optional[bool], "bool | None": Optional[bool]}.get(annotation)
-    return (isinstance(parameter.default, bool) or annotation is bool
-            or (typing.get_origin(annotation) is typing.Union and set(typing.get_args(annotation)) == {bool, type(None)}))
+    return annotation is bool or (typing.get_origin(annotation) is typing.Union
+                                  and set(typing.get_args(annotation)) == {bool, type(None)})
 
 
 def _check_class_keys(cfg: DictConfig, choices: dict) -> None:

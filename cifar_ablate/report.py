@@ -556,22 +556,19 @@ LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 
 
 def _limits(trainer) -> dict:
-    """The trainer keys that cut a split or the training short. Lightning reads an int as a batch count (1: one
-    batch) and a float as a fraction (1.0: all)."""
-    found = {k: trainer.get(k) for k in LIMITS
-             if trainer.get(k) is not None and not (isinstance(trainer.get(k), float) and trainer.get(k) == 1.0)}
-    if (trainer.get("max_steps") or -1) > 0:
-        found["max_steps"] = trainer.get("max_steps")
-    return found
+    """The trainer keys that cut a split short. Lightning reads an int as a batch count (1: one batch) and a float
+    as a fraction (1.0: all)."""
+    return {k: trainer.get(k) for k in LIMITS
+            if trainer.get(k) is not None and not (isinstance(trainer.get(k), float) and trainer.get(k) == 1.0)}
 
 
 def limits_note(sweep_dir: Path) -> Optional[str]:
-    """Says so when runs used only part of a split (trainer.limit_*_batches) or stopped at trainer.max_steps: a
-    quick check, not a study's numbers; and when they trained on a fraction of the training split
-    (data.train_fraction, which some presets set: a stated part of the study, not a cut)."""
+    """Says so when runs used only part of a split (trainer.limit_*_batches): a quick check, not a study's
+    numbers; when they had a step limit (trainer.max_steps); and when they trained on a fraction of the training
+    split (data.train_fraction, which some presets set: a stated part of the study, not a cut)."""
     used: dict[str, set] = {}
     limited, fractions, runs = 0, set(), run_dirs(sweep_dir)
-    trained_on_part = 0
+    trained_on_part, step_limits = 0, set()
     for run_dir in runs:
         config = run_dir / ".hydra" / "config.yaml"
         saved = OmegaConf.load(config) if config.exists() else OmegaConf.create()
@@ -579,29 +576,44 @@ def limits_note(sweep_dir: Path) -> Optional[str]:
         limited += bool(found)
         for k, v in found.items():
             used.setdefault(k, set()).add(str(v))
+        if (OmegaConf.select(saved, "trainer.max_steps", default=None) or -1) > 0:
+            step_limits.add(str(saved.trainer.max_steps))
         fraction = OmegaConf.select(saved, "data.train_fraction", default=None)
         if fraction is not None and fraction < 1:
             trained_on_part += 1
             fractions.add(str(fraction))
     notes = []
     if limited:
-        notes.append(f"{limited} of {len(runs)} runs used part of a split or stopped early ("
+        notes.append(f"{limited} of {len(runs)} runs used part of a split ("
                      + ", ".join(f"trainer.{k}={'/'.join(sorted(v))}" for k, v in used.items())
                      + "): their epochs, accuracies and losses are not those of the full study.")
+    if step_limits:
+        notes.append(f"Runs had a step limit (trainer.max_steps={'/'.join(sorted(step_limits))}), which ends "
+                     "training before trainer.max_epochs if it comes first.")
     if trained_on_part:
         notes.append(f"{trained_on_part} of {len(runs)} runs trained on part of the training split "
                      f"(data.train_fraction={'/'.join(sorted(fractions))}).")
     return " ".join(notes) or None
 
 
+def override_key(override: str) -> str:
+    """`+model.dropout=0.3` → `model.dropout`: the key an override or a run-name item sets."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def shared_overrides(sweep_dir: Path) -> list[str]:
     """The command-line overrides every run of the sweep was given (its fixed settings, a preset among them), in
-    the order typed; what varies names the variants."""
+    the order typed; what varies names the variants. Not the keys of where and how runs execute (data.root,
+    trainer.accelerator, ...): Hydra rewrites a run's overrides.yaml whenever a command reaches it, also one that
+    only skips it as done, and those keys may differ from the command that trained it (any other change is
+    refused)."""
+    from cifar_ablate.config import where_and_how_keys
+    where_and_how = where_and_how_keys()
     shared: Optional[list[str]] = None
     for run_dir in run_dirs(sweep_dir):
         path = run_dir / ".hydra" / "overrides.yaml"
         if path.exists():
-            given = list(OmegaConf.load(path))
+            given = [o for o in OmegaConf.load(path) if override_key(o) not in where_and_how]
             shared = given if shared is None else [o for o in shared if o in given]
     return shared or []
 

@@ -26,7 +26,7 @@ from omegaconf.errors import InterpolationResolutionError
 from cifar_ablate.config import CONFIG_DIR, check_config, where_and_how_keys
 from cifar_ablate.console import ReaderGoneStdout
 from cifar_ablate.errors import CheckpointError, ConfigError, UserError, exit_with_error
-from cifar_ablate.report import name_items, restore_plan, run_dirs, variant_of
+from cifar_ablate.report import name_items, override_key, restore_plan, run_dirs, variant_of
 from cifar_ablate.run_record import RESULT_STATUSES, check_same_run, first_overrides, read_metrics, write_metrics
 
 log = logging.getLogger(__name__)
@@ -257,11 +257,6 @@ def how_to_continue(run_dir: Path) -> str:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return f"rerun the sweep with hydra.sweep.dir={run_dir.parent}"
     return f"python -m cifar_ablate resume={run_dir}"  # a plain rerun would start in a new dir
-
-
-def override_key(override: str) -> str:
-    """`+model.dropout=0.3` → `model.dropout`: the key an override or a run-name item sets."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def refuse(error: UserError, cfg: DictConfig, run_dir: Path, epochs_done: int) -> None:

@@ -244,8 +244,9 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         # (a broken driver, a bug) keeps its traceback.
         if not isinstance(e.__cause__, (ValueError, TypeError, ImportError, MisconfigurationException)):
             raise
-        asked = str(trainer_cfg.get("accelerator", "auto"))
-        missing = asked not in ("cpu", "auto") and not (asked in ("gpu", "cuda") and torch.cuda.is_available())
+        asked, refusal = str(trainer_cfg.get("accelerator", "auto")), str(e.__cause__).lower()
+        missing = (asked not in ("cpu", "auto") and not (asked in ("gpu", "cuda") and torch.cuda.is_available())
+                   and (asked.lower() in refusal or "accelerator" in refusal))  # the refusal is of the accelerator
         hint = f" (no {asked} here: trainer=cpu, or trainer.accelerator=auto, runs on what this machine has)"
         hint = hint if missing else ""
         raise ConfigError(f"trainer: {e.__cause__}{hint}") from None

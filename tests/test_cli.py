@@ -185,6 +185,8 @@ CLASS_KEYS = [
     # A yes/no word in a group without a schema would be a non-empty string, so true: BatchNorm on.
     ("model=lenet_bn model.batch_norm=no", "model.batch_norm=no: must be true or false"),
     ("optimizer=sgd optimizer.nesterov=off", "optimizer.nesterov=off: must be true or false"),
+    # Lightning's fast_dev_run is Union[int, bool]: 5 is a value, refused as cifar_ablate does not support it
+    ("trainer.fast_dev_run=5", "trainer.fast_dev_run=5: not supported: it turns off logging and checkpoints"),
     ("model._target_=cifar_ablate.models.Nope", r"model._target_=cifar_ablate.models.Nope: cannot be imported "
                                                 r"\(ImportError\)"),
 ]

@@ -279,7 +279,7 @@ def test_runs_limited_to_part_of_a_split_are_flagged_at_the_top_of_the_summary(t
         (run_dir / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 1\n  " + limits)
         (run_dir / "metrics.json").write_text(json.dumps({**r, "name": r["run"]}))
     _, _, markdown = write_report(tmp_path)
-    assert ("Note: 1 of 2 runs used part of a split or stopped early (trainer.limit_train_batches=20, "
+    assert ("Note: 1 of 2 runs used part of a split (trainer.limit_train_batches=20, "
             "trainer.limit_test_batches=5): their epochs, accuracies and losses are not those of the full study."
             ) in markdown
     (tmp_path / runs[0]["run"] / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 1\n")
@@ -287,8 +287,9 @@ def test_runs_limited_to_part_of_a_split_are_flagged_at_the_top_of_the_summary(t
     # an int is a batch count for Lightning: 1 is one batch, not all of them
     (tmp_path / runs[0]["run"] / ".hydra" / "config.yaml").write_text("trainer:\n  limit_val_batches: 1\n")
     (tmp_path / runs[1]["run"] / ".hydra" / "config.yaml").write_text("trainer:\n  max_steps: 3\n")
-    assert ("Note: 2 of 2 runs used part of a split or stopped early (trainer.limit_val_batches=1, "
-            "trainer.max_steps=3)") in write_report(tmp_path)[2]
+    assert ("Note: 1 of 2 runs used part of a split (trainer.limit_val_batches=1): their epochs, accuracies and "
+            "losses are not those of the full study. Runs had a step limit (trainer.max_steps=3), which ends training "
+            "before trainer.max_epochs if it comes first.") in write_report(tmp_path)[2]
     (tmp_path / runs[0]["run"] / ".hydra" / "config.yaml").write_text("data:\n  train_fraction: 0.05\n")
     (tmp_path / runs[1]["run"] / ".hydra" / "config.yaml").write_text("trainer:\n  max_steps: -1\n")
     assert ("Note: 1 of 2 runs trained on part of the training split (data.train_fraction=0.05)."
@@ -307,7 +308,9 @@ def test_the_summary_names_the_preset_and_settings_every_run_was_given(tmp_path)
     for r in (run("model=a", 0, 0.50), run("model=b", 0, 0.70)):
         (tmp_path / r["run"] / ".hydra").mkdir(parents=True)
         (tmp_path / r["run"] / ".hydra" / "overrides.yaml").write_text(
-            f"- +experiment=lenet_variants\n- {r['run']}\n- data.train_fraction=0.05\n")
+            f"- +experiment=lenet_variants\n- {r['run']}\n- data.train_fraction=0.05\n- data.root=/data\n"
+            # a later command that skipped one of them as done rewrote its record, with another machine's keys
+            + ("- trainer.accelerator=tpu\n" if r["run"] == "model=a" else "- trainer.accelerator=cpu\n"))
         (tmp_path / r["run"] / "metrics.json").write_text(json.dumps({**r, "name": r["run"]}))
     summary = write_report(tmp_path)[2]
     assert "Given to every run: `+experiment=lenet_variants` `data.train_fraction=0.05`\n" in summary
