@@ -505,14 +505,14 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
 
 
 def plot_test_accuracy(variants: list[dict]):
-    """One bar per variant with its std over seeds; sideways (names to the left) where names are long or many,
+    """One bar per variant with its std over seeds, the baseline named so; sideways (names to the left) where names are long or many,
     as a search's are, whose names tilted under the bars overlapped and ran off the figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = figure_labels([v["variant"] for v in variants])
-    names = [labels[v["variant"]] for v in variants]
+    names = [labels[v["variant"]] + (" (baseline)" if v.get("baseline") else "") for v in variants]  # as the table
     means = [0 if math.isnan(v["test_acc_mean"]) else v["test_acc_mean"] for v in variants]
     one_run_each = all(v["n"] <= 1 for v in variants)  # no spread to show: no error bars, and the label says so
     errors = [0 if one_run_each or math.isnan(v["test_acc_std"]) else v["test_acc_std"] for v in variants]

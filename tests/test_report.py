@@ -249,7 +249,7 @@ def test_bar_chart_has_one_bar_per_variant_with_error_bars():
     rows = variant_rows([run("model=a", 0, 0.5), run("model=a", 1, 0.6), run("model=b", 0, 0.7)], None)
     ax = plot_test_accuracy(rows).axes[0]
     assert len(ax.patches) == 2 and ax.get_ylabel().startswith("test accuracy")
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["model=a", "model=b"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["model=a (baseline)", "model=b"]
     assert not ax.texts  # nothing to mark
     assert ax.get_ylabel() == "test accuracy (mean ± std over seeds)" and error_bars(ax)
 
@@ -434,7 +434,9 @@ def test_a_searchs_long_names_stay_inside_the_figures(tmp_path):
 
 def test_rounded_names_that_would_collide_stay_whole():
     fig = plot_test_accuracy(variant_rows([run("lr=0.0123401", 0, 0.5), run("lr=0.0123402", 0, 0.6)], None))
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["lr=0.0123401", "lr=0.0123402"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["lr=0.0123401 (baseline)", "lr=0.0123402"]
+    rows = variant_rows([run("lr=0.01", 0, 0.5), run("lr=0.02", 0, 0.6)], "lr=0.02")  # a baseline named
+    assert [t.get_text() for t in plot_test_accuracy(rows).axes[0].get_xticklabels()] == ["lr=0.01", "lr=0.02 (baseline)"]
 
 
 def test_a_report_by_hand_on_a_missing_dir_or_one_without_runs_is_one_line_and_exit_2(tmp_path, capsys):
