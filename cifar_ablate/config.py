@@ -166,8 +166,6 @@ def _takes_bool(parameter) -> bool:
     annotation = parameter.annotation
     if annotation is inspect.Parameter.empty:
         return isinstance(parameter.default, bool)
-    if isinstance(annotation, str):  # postponed annotations
-        annotation = {"bool": bool, "Optional[bool]": Optional[bool], "bool | None": Optional[bool]}.get(annotation)
     return annotation is bool or (typing.get_origin(annotation) is typing.Union
                                   and set(typing.get_args(annotation)) == {bool, type(None)})
 
@@ -188,10 +186,14 @@ def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
                                   "so nothing would read it")
             continue
         try:
-            params = inspect.signature(get_object(target)).parameters
+            built = get_object(target)
         except Exception as e:  # noqa: BLE001  (a class that is not there, or not in this torch)
             raise ConfigError(f"{group}._target_={target}: cannot be imported ({type(e).__name__})",
                               keys=(group, f"{group}._target_")) from None
+        try:  # annotations as types, also where a module postpones them (`from __future__ import annotations`)
+            params = inspect.signature(built, eval_str=True).parameters
+        except Exception:  # noqa: BLE001  (a name its annotations cannot resolve: they stay strings)
+            params = inspect.signature(built).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue  # takes any keyword (TensorBoardLogger passes them on)
         takes = set(params) - PASSED_BY_US

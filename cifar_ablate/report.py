@@ -505,8 +505,9 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
 
 
 def plot_test_accuracy(variants: list[dict]):
-    """One bar per variant with its std over seeds, the baseline named so; sideways (names to the left) where names are long or many,
-    as a search's are, whose names tilted under the bars overlapped and ran off the figure."""
+    """One bar per variant with its std over seeds (none where every variant has one run), the baseline named so;
+    sideways (names to the left) where names are long or many, as a search's are, whose names tilted under the
+    bars overlapped and ran off the figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -515,22 +516,22 @@ def plot_test_accuracy(variants: list[dict]):
     names = [labels[v["variant"]] + (" (baseline)" if v.get("baseline") else "") for v in variants]  # as the table
     means = [0 if math.isnan(v["test_acc_mean"]) else v["test_acc_mean"] for v in variants]
     one_run_each = all(v["n"] <= 1 for v in variants)  # no spread to show: no error bars, and the label says so
-    errors = [0 if one_run_each or math.isnan(v["test_acc_std"]) else v["test_acc_std"] for v in variants]
+    errors = None if one_run_each else [0 if math.isnan(v["test_acc_std"]) else v["test_acc_std"] for v in variants]
     sideways = len(names) > 8 or max(map(len, names), default=0) > 24
     if sideways:
         fig, ax = plt.subplots(figsize=(4.5 + 0.06 * max(map(len, names)), 1.5 + 0.4 * len(names)))
-        ax.barh(range(len(names)), means, xerr=None if one_run_each else errors, capsize=4, color="tab:blue", alpha=0.8)
+        ax.barh(range(len(names)), means, xerr=errors, capsize=4, color="tab:blue", alpha=0.8)
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.invert_yaxis()  # the first variant (a search's best trial) on top
     else:
         fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(variants) + 2), 4.5))
-        ax.bar(range(len(names)), means, yerr=None if one_run_each else errors, capsize=4, color="tab:blue", alpha=0.8)
+        ax.bar(range(len(names)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     # A variant without a result would read as a bar at 0%; a diverged run's accuracy is a result, marked as such.
     for i, v in enumerate(variants):
         text = "no result" if v["n"] == 0 else f"{v['diverged']} of {v['n']} diverged" if v["diverged"] else None
         if text:
-            end = means[i] + errors[i]
+            end = means[i] + (errors[i] if errors else 0)
             ax.annotate(text, (end, i) if sideways else (i, end), xytext=(3, 0) if sideways else (0, 3),
                         textcoords="offset points", ha="left" if sideways else "center",
                         va="center" if sideways else "baseline", fontsize=7, color="tab:red")
@@ -558,8 +559,8 @@ LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 def _limits(trainer) -> dict:
     """The trainer keys that cut a split short. Lightning reads an int as a batch count (1: one batch) and a float
     as a fraction (1.0: all)."""
-    return {k: trainer.get(k) for k in LIMITS
-            if trainer.get(k) is not None and not (isinstance(trainer.get(k), float) and trainer.get(k) == 1.0)}
+    given = {k: trainer.get(k) for k in LIMITS if trainer.get(k) is not None}
+    return {k: v for k, v in given.items() if not (isinstance(v, float) and v == 1.0)}
 
 
 def limits_note(sweep_dir: Path) -> Optional[str]:

@@ -247,8 +247,8 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         asked, refusal = str(trainer_cfg.get("accelerator", "auto")), str(e.__cause__).lower()
         missing = (asked not in ("cpu", "auto") and not (asked in ("gpu", "cuda") and torch.cuda.is_available())
                    and (asked.lower() in refusal or "accelerator" in refusal))  # the refusal is of the accelerator
-        hint = f" (no {asked} here: trainer=cpu, or trainer.accelerator=auto, runs on what this machine has)"
-        hint = hint if missing else ""
+        hint = (f" (no {asked} here: trainer=cpu, or trainer.accelerator=auto, runs on what this machine has)"
+                if missing else "")
         raise ConfigError(f"trainer: {e.__cause__}{hint}") from None
 
     # An interrupted run continues where its checkpoint was taken: same data order, weights and RNG.

@@ -108,13 +108,18 @@ def run_cli(*args: str, cwd: Path, module: str = "cifar_ablate", script: Optiona
     `file`, `python <file> args` (a benchmark, or a patching script that spawned workers must import).
     The process is forked from a Python that has imported the heavy libraries already (tests/warm_python.py);
     `fresh=True` starts a new interpreter, for what depends on import order or on being started from argv."""
-    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # errors as users see them
-    full_env.update(PYTHONPATH=str(REPO), **(env or {}))
+    full_env = {**users_env(), **(env or {})}
     program = [str(file)] if file is not None else ["-c", script] if script is not None else ["-m", module]
     command = [sys.executable, *program, *args]
     if fresh or any(key.startswith(READ_AT_IMPORT) for key in env or {}):
         return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     return run_warm(command, program, cwd, full_env, timeout)
+
+
+def users_env() -> dict:
+    """This process's environment as a user's shell gives it to a command: errors as users see them (no
+    HYDRA_FULL_ERROR), and this checkout's cifar_ablate first on the path."""
+    return {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "PYTHONPATH": str(REPO)}
 
 
 # Variables read at start-up or when a library loads: a run that sets them needs a fresh interpreter.
@@ -129,10 +134,9 @@ def warm_server_path() -> str:
         import shutil
         import tempfile
         folder = tempfile.mkdtemp(prefix="cifar_ablate_warm_")
-        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
         server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm_python.py")), f"{folder}/socket"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  env={**env, "PYTHONPATH": str(REPO)})
+                                  env=users_env())
         ready = server.stdout.readline()
         os.set_blocking(server.stderr.fileno(), False)
         printed = server.stderr.read() or b""

@@ -436,7 +436,8 @@ def test_rounded_names_that_would_collide_stay_whole():
     fig = plot_test_accuracy(variant_rows([run("lr=0.0123401", 0, 0.5), run("lr=0.0123402", 0, 0.6)], None))
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["lr=0.0123401 (baseline)", "lr=0.0123402"]
     rows = variant_rows([run("lr=0.01", 0, 0.5), run("lr=0.02", 0, 0.6)], "lr=0.02")  # a baseline named
-    assert [t.get_text() for t in plot_test_accuracy(rows).axes[0].get_xticklabels()] == ["lr=0.01", "lr=0.02 (baseline)"]
+    labels = [t.get_text() for t in plot_test_accuracy(rows).axes[0].get_xticklabels()]
+    assert labels == ["lr=0.01", "lr=0.02 (baseline)"]
 
 
 def test_a_report_by_hand_on_a_missing_dir_or_one_without_runs_is_one_line_and_exit_2(tmp_path, capsys):

@@ -6,9 +6,9 @@ SIGINT). What it saves is those imports (about 4.5 s of the 6.5 s a run spends i
 and, as the imports are frozen out of the garbage collector's reach (gc.freeze), about 1.4 s of each child's exit.
 What it changes is that those libraries came first: none of them sets anything at import that depends on what ran
 before (the loggers they make are the same either way, checked), and what they take from the environment is taken
-again in the child (TMPDIR, TZ) or set as they set it (TORCHINDUCTOR_CACHE_DIR). Lightning is not among them: at import it gives
-its logger a handler of its own unless the root logger has one, so it must come after Hydra's logging, as in a
-fresh run. A test that depends on import order or on being started from argv (the torch-import test, DDP) runs a
+again in the child (TMPDIR, TZ) or set as they set it (TORCHINDUCTOR_CACHE_DIR). Lightning is not among them: at
+import it gives its logger a handler of its own unless the root logger has one, so it must come after Hydra's
+logging, as in a fresh run. A test that depends on import order or on being started from argv (the torch-import test, DDP) runs a
 fresh interpreter instead (run_cli(fresh=True)).
 
 Known differences, none of which a test here depends on: the string hash seed is the server's (fixed at
