@@ -17,6 +17,7 @@ elsewhere. Writes into the sweep dir:
 - test_acc.png: final test accuracy per variant with ± 1 std error bars.
 """
 import argparse
+import contextlib
 import csv
 import logging
 import math
@@ -75,10 +76,38 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
         hydra_record = OmegaConf.load(hydra_yaml) if hydra_yaml.exists() else None
         launch = hydra_record and OmegaConf.select(hydra_record, f"hydra.job.env_set.{LAUNCH_KEY}", default=None)
         rows.append({"run": run_dir.name, "variant": variant_of(run_dir.name), **metrics,
-                     "job_num": _job_num(hydra_record, metrics), "launch": launch})
+                     "job_num": _job_num(hydra_record, metrics), "launch": launch,
+                     "mode": hydra_record and OmegaConf.select(hydra_record, "hydra.mode", default=None)})
+    if single_runs(sweep_dir, rows):
+        names = single_run_names(sweep_dir)
+        for r in rows:
+            r["variant"] = variant_of(names.get(r["run"], r["run"]))
     rows.sort(key=lambda r: (r["job_num"], r["run"]))
     mark_repeated_seeds(rows)
     return rows
+
+
+def single_runs(sweep_dir: Path, runs: list[dict]) -> bool:
+    """A folder of single runs (a day's outputs/runs/<date>), not a sweep's: no plan, and every run's record says
+    it ran alone with no place in a sweep. Their dirs are named by the time they started, which says nothing of
+    what they compare."""
+    return bool(runs) and not (sweep_dir / "multirun.yaml").exists() and all(
+        r["mode"] == "RUN" and r["job_num"] == 1 << 30 for r in runs)
+
+
+def single_run_names(sweep_dir: Path) -> dict[str, str]:
+    """Each single run's name as a sweep would give it: the overrides it was given that not every run here was
+    (sorted, joined by ','; where and how it ran left out), so runs that differ only in seed are one variant."""
+    shared = set(shared_overrides(sweep_dir))
+    from cifar_ablate.config import where_and_how_keys
+    ignored = where_and_how_keys() | {"baseline"}
+    names = {}
+    for run_dir in run_dirs(sweep_dir):
+        path = run_dir / ".hydra" / "overrides.yaml"
+        if path.exists():  # else it keeps its dir's name
+            names[run_dir.name] = ",".join(sorted(o for o in OmegaConf.load(path)
+                                                  if o not in shared and override_key(o) not in ignored))
+    return names
 
 
 def mark_repeated_seeds(runs: list[dict]) -> None:
@@ -161,6 +190,18 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
     return adjusted
 
 
+def matching_variant(baseline: str, variants: list[str]) -> str:
+    """The variant `baseline` names, as typed: Hydra names runs with sorted keys and Python's True/False, so
+    data.normalize=true,augment=none is augment=none,data.normalize=True. ConfigError when it names none."""
+    if baseline in variants:
+        return baseline
+    same = [v for v in dict.fromkeys(variants) if _unordered(v) == _unordered(str(baseline))]
+    if len(same) != 1:
+        raise ConfigError(f"baseline={baseline}: no variant of this sweep has that name "
+                          f"(its variants: {', '.join(dict.fromkeys(variants))})", keys=("baseline",))
+    return same[0]
+
+
 def variant_rows(runs: list[dict], baseline: Optional[str], search: bool = False) -> list[dict]:
     """One row per variant, compared with the baseline (the first variant unless named); for a `search` (trials a
     sweeper such as Optuna drew) no baseline and no test, the rows ranked by the objective, best_val_acc."""
@@ -171,14 +212,8 @@ def variant_rows(runs: list[dict], baseline: Optional[str], search: bool = False
         baseline = None
     elif baseline is None:
         baseline = next(iter(variants), None)
-    elif baseline not in variants:
-        # Hydra names runs with sorted keys and Python's True/False: data.normalize=true,augment=none means
-        # augment=none,data.normalize=True.
-        same = [v for v in variants if _unordered(v) == _unordered(str(baseline))]
-        if len(same) != 1:
-            raise ConfigError(f"baseline={baseline}: no variant of this sweep has that name "
-                              f"(its variants: {', '.join(variants)})")
-        baseline = same[0]
+    else:
+        baseline = matching_variant(baseline, list(variants))
     accuracy = {v: [r["test_acc"] for r in rs if counted(r) and r.get("test_acc") is not None]
                 for v, rs in variants.items()}
     p_values = {v: math.nan if search or v == baseline else welch_p(accuracy[v], accuracy[baseline])
@@ -231,11 +266,13 @@ def _pm(mean, std) -> str:
 
 def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], note: Optional[str] = None,
                      readings: Optional[list[dict]] = None, seeds_planned: int = 1,
-                     search: Optional[str] = None) -> str:
-    """`search`: the sweeper (e.g. OptunaSweeper) whose trials these are, ranked by the objective, not tested."""
+                     search: Optional[str] = None, single: bool = False) -> str:
+    """`search`: the sweeper (e.g. OptunaSweeper) whose trials these are, ranked by the objective, not tested;
+    `single`: the runs are single runs, not a sweep's (their variants named by their overrides)."""
     # Several seeds run or planned: a sweep whose runs failed or have not started is no one-seed study.
     multi_seed = seeds_planned > 1 or any(v["runs"] > 1 for v in variants)
-    lines = [f"# Sweep {sweep_dir.name}", ""] + ([f"Note: {note}", ""] if note else [])
+    title = f"# {'Single runs in' if single else 'Sweep'} {sweep_dir.name}"
+    lines = [title, ""] + ([f"Note: {note}", ""] if note else [])
     settings = shared_overrides(sweep_dir)
     if settings:
         lines += ["Given to every run: " + " ".join(f"`{o}`" for o in settings), ""]
@@ -311,8 +348,9 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
             lines.append(f"| {name} | {at('val_acc')} | {_fmt(r.get('val_acc_last'))} | {at('val_loss')} "
                          f"| {_fmt(r.get('val_loss_last'))} | {_fmt(r.get('train_loss_last'))} "
                          f"| {_fmt(r.get('train_loss_epochs'))} |")
-    lines += ["", "## Runs", "", "| " + " | ".join(RUN_COLUMNS) + " |", "|" + "---|" * len(RUN_COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in RUN_COLUMNS) + " |" for r in runs]
+    columns = ("run", "variant", *RUN_COLUMNS[1:]) if single else RUN_COLUMNS  # a single run's dir: when it began
+    lines += ["", "## Runs", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in runs]
     lines += ["", "Figures: val_acc.png, train_loss.png, test_acc.png; per-epoch values: curves.csv"]
     return "\n".join(lines) + "\n"
 
@@ -446,9 +484,10 @@ def figure_labels(variants: list[str], sep: str = ", ") -> dict[str, str]:
 
 
 def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, title: str,
-                notes: Optional[dict[str, str]] = None):
+                notes: Optional[dict[str, str]] = None, baseline: Optional[str] = None):
     """One line per variant: the mean over its runs per epoch, with a ± 1 std band when it has several.
-    `notes` adds to a variant's legend entry (how many of its runs diverged)."""
+    `notes` adds to a variant's legend entry (how many of its runs diverged); the `baseline` variant is named so,
+    as in the table."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -462,7 +501,8 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
         if not curves:
             continue
         note = (notes or {}).get(variant)
-        label = f"{names[variant]} (n={len(curves)}{', ' + note if note else ''})"
+        counts = ("baseline, " if variant == baseline else "") + f"n={len(curves)}" + (f", {note}" if note else "")
+        label = f"{names[variant]} ({counts})"
         finite = [np.isfinite(list(_by_epoch(c).values())) for c in curves]
         # A diverged run's NaN or inf values draw nothing; the legend says so rather than hide the variant.
         if not any(f.any() for f in finite):
@@ -609,7 +649,7 @@ def shared_overrides(sweep_dir: Path) -> list[str]:
     only skips it as done, and those keys may differ from the command that trained it (any other change is
     refused)."""
     from cifar_ablate.config import where_and_how_keys
-    where_and_how = where_and_how_keys()
+    where_and_how = where_and_how_keys() | {"baseline"}  # baseline: what the report compares, not what runs do
     shared: Optional[list[str]] = None
     for run_dir in run_dirs(sweep_dir):
         path = run_dir / ".hydra" / "overrides.yaml"
@@ -648,13 +688,22 @@ def planned_runs(sweep_dir: Path) -> Optional[list[str]]:
     """The run names the sweep's last command planned, from its multirun.yaml, named as Hydra names them (the
     overrides that vary, sorted); None when that cannot be told (no multirun.yaml, which only Hydra's basic sweeper
     writes: a search such as Optuna's decides its trials as it goes)."""
+    try:
+        hydra_cfg = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+    except Exception:  # noqa: BLE001  (none, or unreadable: the plan is then unknown)
+        return None
+    return plan_of(hydra_cfg)
+
+
+def plan_of(hydra_cfg) -> Optional[list[str]]:
+    """The run names a sweep's hydra config plans (multirun.yaml's, or the config as the sweep starts); None for
+    a search, or a config this Hydra cannot read."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra._internal.config_loader_impl import get_overrides_dirname
 
     from cifar_ablate.run import run_name
     try:
-        hydra_cfg = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
         if not str(hydra_cfg.sweeper.get("_target_", "")).endswith("BasicSweeper"):
             return None
         parser = OverridesParser.create()
@@ -698,7 +747,7 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
 
     sweep_dir = Path(sweep_dir)
     runs = collect_runs(sweep_dir)
-    note, search = None, search_sweeper(sweep_dir)
+    note, search, single = None, search_sweeper(sweep_dir), single_runs(sweep_dir, runs)
     if search and baseline is not None and strict:
         raise ConfigError(f"--baseline: {sweep_dir} is a search ({search}), whose trials are ranked, not compared "
                           "with a baseline")
@@ -716,7 +765,11 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
                         f"started, so this study is incomplete: {shown}; rerun its command with "
                         f"hydra.sweep.dir={sweep_dir} to run them.")
         note = " ".join(n for n in (note, missing_note) if n)
-    note = " ".join(n for n in (note, limits_note(sweep_dir), test_set_validation_note(sweep_dir)) if n) or None
+    single_note = None if not single else ("These are single runs, not a sweep: each variant is named by the "
+                                            "overrides its runs were given that not every run here was, and runs "
+                                            "that differ only in seed are one variant.")
+    note = " ".join(n for n in (single_note, note, limits_note(sweep_dir), test_set_validation_note(sweep_dir))
+                    if n) or None
     with open(sweep_dir / "runs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=("variant",) + RUN_COLUMNS + ("repeats",), extrasaction="ignore")
         writer.writeheader()
@@ -743,13 +796,15 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
         writer.writerows(rows)
     seeds_planned = max((sum(variant_of(n) == v for n in set(planned)) for v in {variant_of(n) for n in planned}),
                         default=1)
-    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(rows), seeds_planned, search)
+    markdown = summary_markdown(sweep_dir, variants, runs, note, curve_readings(rows), seeds_planned, search, single)
+    baseline = next((v["variant"] for v in variants if v["baseline"]), None)
     (sweep_dir / "summary.md").write_text(markdown)
 
     for tag, ylabel, title, name in (("val/acc", "validation accuracy", "Validation accuracy per epoch", "val_acc.png"),
                                      ("train/loss_epoch", "training loss (cross-entropy)", "Training loss per epoch",
                                       "train_loss.png")):
-        fig = plot_curves(curves[tag], ylabel, title, {v: f"{k} diverged" for v, k in diverged[tag].items()})
+        fig = plot_curves(curves[tag], ylabel, title, {v: f"{k} diverged" for v, k in diverged[tag].items()},
+                          baseline)
         fig.savefig(sweep_dir / name, dpi=110, bbox_inches="tight")  # the legend under the axes, whole
         plt.close(fig)
     fig = plot_test_accuracy(variants)
@@ -763,6 +818,26 @@ def without_result(runs: list[dict]) -> list[dict]:
     return [r for r in runs if r.get("status") not in RESULT_STATUSES]
 
 
+def check_typed_baseline(config, sweep_dir: Path) -> None:
+    """ConfigError when the sweep's command line gives a `baseline=` that names none of the variants it plans or
+    its dir holds (a typo would otherwise be found only in the report, after every run has trained), or gives one
+    to a search, whose trials are ranked. A preset's own baseline is not checked: a sweep may narrow the preset's
+    axes, and the report then notes it and compares against the first variant."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    typed = [o for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+             if o.key_or_group == "baseline" and not o.is_sweep_override()]
+    baseline = config.get("baseline")
+    if not typed or baseline is None:
+        return
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+    if not target.endswith("BasicSweeper"):
+        raise ConfigError(f"baseline={baseline}: this sweep is a search ({target.rsplit('.', 1)[-1]}), whose "
+                          "trials are ranked, not compared with a baseline", keys=("baseline",))
+    planned = plan_of(config.hydra)
+    if planned is not None:
+        matching_variant(str(baseline), [variant_of(n) for n in planned + [d.name for d in run_dirs(sweep_dir)]])
+
+
 class SweepSummary(Callback):
     """Hydra callback: writes and prints the report when a multirun ends; exit 1 if a run it launched did not
     finish. The report covers every run in the sweep dir; runs an earlier command left there under other names
@@ -773,8 +848,15 @@ class SweepSummary(Callback):
         import uuid
 
         from omegaconf import read_write
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            check_typed_baseline(config, sweep_dir)
+        except ConfigError as e:
+            with contextlib.suppress(OSError):  # made by OutputDirCheck a moment ago, unless it holds runs
+                sweep_dir.rmdir()
+            exit_with_error(e)
         os.environ[SWEEP_PID_ENV] = str(os.getpid())  # inherited by the trials a launcher starts here
-        plan = Path(config.hydra.sweep.dir) / "multirun.yaml"
+        plan = sweep_dir / "multirun.yaml"
         if plan.exists():
             shutil.copyfile(plan, plan.with_name(PREVIOUS_PLAN))
         self.launch = uuid.uuid4().hex

@@ -245,8 +245,11 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
         if not isinstance(e.__cause__, (ValueError, TypeError, ImportError, MisconfigurationException)):
             raise
         asked, refusal = str(trainer_cfg.get("accelerator", "auto")), str(e.__cause__).lower()
+        # The refusal is of the accelerator (a TPU's names the package it lacks, torch_xla); a name Lightning does
+        # not know is refused with the names it knows, which need no hint.
         missing = (asked not in ("cpu", "auto") and not (asked in ("gpu", "cuda") and torch.cuda.is_available())
-                   and (asked.lower() in refusal or "accelerator" in refusal))  # the refusal is of the accelerator
+                   and "invalid accelerator name" not in refusal
+                   and (asked.lower() in refusal or "accelerator" in refusal or "torch_xla" in refusal))
         hint = (f" (no {asked} here: trainer=cpu, or trainer.accelerator=auto, runs on what this machine has)"
                 if missing else "")
         raise ConfigError(f"trainer: {e.__cause__}{hint}") from None

@@ -82,6 +82,33 @@ def test_sweep_over_three_models(tmp_path, cifar_root):
     assert "| model=lenet_bn | completed |" in result.stdout
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-m", "model=lenet,lenet_bn", "baseline=model=lenet_bnn"],
+     "baseline=model=lenet_bnn: no variant of this sweep has that name (its variants: model=lenet, model=lenet_bn)"),
+    (["-m", "+hparams_search=simple_nn", "baseline=model=lenet"],
+     "baseline=model=lenet: this sweep is a search (OptunaSweeper), whose trials are ranked, not compared with a "
+     "baseline"),
+])
+def test_a_sweeps_baseline_that_cannot_be_compared_with_is_refused_before_anything_trains(tmp_path, cifar_root,
+                                                                                         args, message):
+    result = run_cli(*args, f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "sweep").exists()  # no run began, and no empty sweep dir is left to look like one
+
+
+def test_a_sweeps_baseline_may_name_a_variant_its_dir_holds_from_an_earlier_command(tmp_path, cifar_root):
+    first = run_cli("-m", "model=lenet,lenet_dropout", f"data.root={cifar_root}", *FAST, "hydra.sweep.dir=sweep",
+                    cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    added = run_cli("-m", "model=lenet_dropout,lenet_bn", "baseline=model=lenet", f"data.root={cifar_root}", *FAST,
+                    "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    with open(tmp_path / "sweep" / "summary.csv") as f:
+        assert [(r["variant"], r["baseline"]) for r in csv.DictReader(f)] == [
+            ("model=lenet", "True"), ("model=lenet_dropout", "False"), ("model=lenet_bn", "False")]
+
+
 def test_sweep_goes_on_past_a_failed_run_and_exits_nonzero(tmp_path, cifar_root):
     # accumulate_grad_batches=0 makes Lightning raise inside the run.
     result = run_cli("-m", "trainer.accumulate_grad_batches=1,0", f"data.root={cifar_root}", *FAST,
@@ -208,12 +235,20 @@ def test_a_key_the_options_class_does_not_take_is_refused_in_one_line(compose_co
     assert re.fullmatch(message + ".*", str(refused.value))
 
 
-def test_asking_for_a_gpu_on_a_machine_without_one_says_what_runs_here(tmp_path, cifar_root):
-    result = run_cli(f"data.root={cifar_root}", *FAST[:-1], "trainer=gpu", "hydra.run.dir=run", cwd=tmp_path,
+@pytest.mark.parametrize("override, hint", [
+    ("trainer=gpu", "gpu"),
+    ("trainer.accelerator=tpu", "tpu"),  # Lightning's refusal names only the package it lacks, torch_xla
+    ("trainer.accelerator=gpux", None),  # not a name: Lightning lists the names it knows, no hint needed
+])
+def test_asking_for_an_accelerator_the_machine_lacks_says_what_runs_here(tmp_path, cifar_root, override, hint):
+    result = run_cli(f"data.root={cifar_root}", *FAST[:-1], override, "hydra.run.dir=run", cwd=tmp_path,
                      env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, also where the suite runs on a GPU machine
     assert result.returncode == 2
-    assert re.fullmatch(r"error: trainer: .* \(no gpu here: trainer=cpu, or trainer.accelerator=auto, runs on what "
-                        r"this machine has\)", result.stderr.strip().splitlines()[-1])
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: trainer: ")
+    said = re.search(r" \(no (\w+) here: trainer=cpu, or trainer.accelerator=auto, runs on what this machine has\)$",
+                     last)
+    assert (said and said.group(1)) == hint, last
 
 
 @pytest.mark.parametrize("override, message", BAD_VALUES)

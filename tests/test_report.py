@@ -94,6 +94,34 @@ def test_a_baseline_that_names_no_variant_is_refused_by_hand_and_noted_in_a_swee
         "error: baseline=model=c: no variant of this sweep has that name (its variants: model=a, model=b)"]
 
 
+def test_a_folder_of_single_runs_names_each_by_the_overrides_not_every_run_had(tmp_path):
+    """A day's outputs/runs/<date>: dirs named by start time, the runs typed one by one."""
+    import json
+
+    from cifar_ablate.report import write_report
+    typed = {"09-00-00": ["trainer.max_epochs=5", "data.root=/data"],
+             "09-10-00": ["trainer.max_epochs=5", "seed=1", "data.root=/elsewhere"],  # the data moved: same variant
+             "09-20-00": ["trainer.max_epochs=5", "model=lenet_bn"],
+             "09-30-00": ["trainer.max_epochs=5", "model=lenet_bn", "seed=1"]}
+    for (name, overrides), acc in zip(typed.items(), (0.50, 0.52, 0.60, 0.63)):
+        hydra_dir = tmp_path / name / ".hydra"
+        hydra_dir.mkdir(parents=True)
+        (hydra_dir / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (hydra_dir / "hydra.yaml").write_text("hydra:\n  mode: RUN\n  job:\n    num: ???\n")  # as a single run's
+        seed = int(next((o.split("=")[1] for o in overrides if o.startswith("seed=")), 0))
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"status": "completed", "seed": seed, "test_acc": acc, "best_val_acc": acc, "epochs": 5,
+             "train_seconds": 1.0, "job_num": None}))
+    variants, runs, markdown = write_report(tmp_path)
+    assert [(v["variant"], v["n"], v["baseline"]) for v in variants] == [("default", 2, True),
+                                                                           ("model=lenet_bn", 2, False)]
+    assert markdown.startswith(f"# Single runs in {tmp_path.name}\n\nNote: These are single runs, not a sweep")
+    assert "Given to every run: `trainer.max_epochs=5`" in markdown
+    assert "| 09-30-00 | model=lenet_bn | completed | 1 |" in markdown  # the Runs table: dir, then its variant
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")  # a sweep's dir: its runs keep their dirs' names
+    assert {v["variant"] for v in write_report(tmp_path)[0]} == set(typed)
+
+
 def test_runs_keep_their_sweep_order_and_a_broken_metrics_json_is_listed(tmp_path):
     import json
 
@@ -140,9 +168,9 @@ def test_a_diverged_variant_keeps_a_legend_entry_that_says_why_it_has_no_line():
     nan, inf = float("nan"), float("inf")
     fig = plot_curves({"lr=0.01": [[2.0, 1.5, 1.2]], "lr=1.0": [[nan], [inf]], "lr=0.5": [[2.1, nan], [2.0, 1.6]]},
                       "training loss (cross-entropy)", "Training loss per epoch",
-                      notes={"lr=1.0": "2 diverged", "lr=0.5": "1 diverged"})
+                      notes={"lr=1.0": "2 diverged", "lr=0.5": "1 diverged"}, baseline="lr=0.01")
     legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
-    assert legend == ["lr=0.01 (n=1)", "lr=1.0 (n=2, 2 diverged): no finite value",
+    assert legend == ["lr=0.01 (baseline, n=1)", "lr=1.0 (n=2, 2 diverged): no finite value",
                       "lr=0.5 (n=2, 1 diverged): non-finite values not drawn"]
     assert list(fig.axes[0].get_lines()[2].get_ydata()) == pytest.approx([2.05, 1.6])
 
