@@ -72,12 +72,14 @@ class Classifier(L.LightningModule):
     """Trains `model` with `optimizer` (a factory taking the parameters) and an optional LR scheduler.
 
     `scheduler` is a factory taking the optimizer; `scheduler_interval` says whether it steps every
-    "epoch" or every "step" (batch). Logged: train/loss (data loss only), train/penalty
+    "epoch" or every "step" (batch); `scheduler_monitor` names the metric a scheduler that steps on one
+    (ReduceLROnPlateau) is given, after each validation. Logged: train/loss (data loss only), train/penalty
     apart from it, train/acc (each _step and _epoch), val/loss, val/acc, val/acc_best, test/loss, test/acc.
     """
 
     def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Optional[Callable] = None,
                  scheduler_interval: str = "epoch", penalty: Optional[WeightPenalty] = None,
+                 scheduler_monitor: Optional[str] = None,
                  num_classes: int = 10, compile_model: bool = False, compile_mode: str = "default",
                  channels_last: bool = True):
         super().__init__()
@@ -85,7 +87,7 @@ class Classifier(L.LightningModule):
         self.compiled = compile_model
         self.channels_last = channels_last
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.scheduler_interval = scheduler_interval
+        self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
         self.penalty = penalty if penalty is not None and penalty.active else None
         # Training values only accumulate per step: the epoch means are computed once, and step values
         # only on the steps the logger writes.
@@ -178,15 +180,19 @@ class Classifier(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, **self._scheduler_length())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        lengths = self.scheduler_length(int(self.trainer.estimated_stepping_batches), self.trainer.max_epochs)
+        scheduler = self.scheduler_factory(optimizer, **lengths)
+        stepping = {"scheduler": scheduler, "interval": self.scheduler_interval}
+        if self.scheduler_monitor is not None:
+            stepping["monitor"] = self.scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": stepping}
 
-    def _scheduler_length(self) -> dict:
-        """Fill a schedule length left null in the config: OneCycle's total_steps, cosine's T_max."""
+    def scheduler_length(self, steps: int, epochs: int) -> dict:
+        """Fill a schedule length left null in the config: OneCycle's total_steps, cosine's T_max, from the run's
+        optimizer `steps` and `epochs`."""
         keywords = getattr(self.scheduler_factory, "keywords", {})
-        steps = int(self.trainer.estimated_stepping_batches)
         if "total_steps" in keywords and keywords["total_steps"] is None:
             return {"total_steps": steps}
         if "T_max" in keywords and keywords["T_max"] is None:
-            return {"T_max": steps if self.scheduler_interval == "step" else self.trainer.max_epochs}
+            return {"T_max": steps if self.scheduler_interval == "step" else epochs}
         return {}

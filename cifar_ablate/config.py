@@ -122,7 +122,13 @@ TYPED_GROUPS = {"data": DataConfig, "augment": AugmentConfig, "regularization": 
                 "init": InitConfig}
 OPEN_GROUPS = ("model", "optimizer", "scheduler", "trainer", "logger")  # their options' classes take the keys
 # Keys of an open group that cifar_ablate reads itself instead of passing them to the group's class.
-OWN_KEYS = {"scheduler": {"interval"}}
+OWN_KEYS = {"scheduler": {"interval", "monitor"}}
+# The metrics a scheduler may step on (`scheduler.monitor`), logged after every validation, and the way each improves.
+MONITORED = {"val/loss": "min", "val/acc": "max"}
+# Groups whose class cifar_ablate builds with an argument of its own (hydra's partial: the rest from the YAML).
+BUILT_LATER = {"optimizer": "the model's parameters", "scheduler": "the optimizer"}
+# Keys whose null the classifier fills from the run's length (Classifier.scheduler_length), whatever the class declares.
+FILLED_IN = {"scheduler": {"T_max", "total_steps"}}
 # Keyword arguments cifar_ablate passes itself (the parameters, the optimizer, the trainer's logger, ...).
 PASSED_BY_US = {"params", "optimizer", "logger", "callbacks", "default_root_dir"}
 
@@ -158,16 +164,115 @@ def _setters(group: str, key: str, choices: dict) -> list[str]:
     return found
 
 
-def _takes_bool(parameter) -> bool:
-    """Declared `bool` or `Optional[bool]`, or, undeclared, a bool by default (not `Union[int, bool]`, as
-    Lightning's fast_dev_run, where 0 and 5 are values too)."""
-    import inspect
+def _is_union(annotation) -> bool:
+    import types
     import typing
+    return typing.get_origin(annotation) is typing.Union or isinstance(annotation, types.UnionType)
+
+
+SEQUENCES = (list, tuple, "collections.abc.Sequence", "collections.abc.Iterable")
+
+
+def _is_sequence(origin) -> bool:
+    return origin in (list, tuple) or f"{getattr(origin, '__module__', '')}.{getattr(origin, '__name__', '')}" \
+        in SEQUENCES
+
+
+def _fits(annotation, value) -> Optional[bool]:
+    """Whether `value` (as YAML or the command line gave it) fits the type `annotation` declares; None where that
+    cannot be told here (a class, an annotation left a string), which is then not checked."""
+    import typing
+    from omegaconf import ListConfig
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is type(None):
+        return value is None
+    if getattr(annotation, "__module__", "") == "torch" and getattr(annotation, "__name__", "") == "Tensor":
+        return False  # no YAML value is a tensor
+    if origin is typing.Literal:
+        return value in args
+    if _is_union(annotation):
+        fits = [_fits(a, value) for a in args]
+        return True if any(fits) else None if None in fits else False
+    if _is_sequence(origin) and args:
+        if not isinstance(value, (list, tuple, ListConfig)):
+            return False
+        homogeneous = origin is not tuple or len(args) == 1 or args[-1] is Ellipsis
+        if not homogeneous and len(args) != len(value):
+            return False
+        fits = [_fits(args[0] if homogeneous else args[i], v) for i, v in enumerate(value)]
+        return False if False in fits else None if None in fits else True
+    return None
+
+
+PLURAL = {"true or false": "true/false values", "a whole number": "whole numbers", "a number": "numbers",
+          "a string": "strings"}
+
+
+def _describe(annotation) -> str:
+    """A declared type as a refusal names it: `a whole number`, `true or false`, `a list of whole numbers`."""
+    import typing
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
+    if annotation in names:
+        return names[annotation]
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if _is_union(annotation):
+        choices = [v for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+        others = [a for a in args if typing.get_origin(a) is not typing.Literal]
+        listed = ["one of " + ", ".join(dict.fromkeys(map(str, choices)))] if choices else []  # 16 and "16" once
+        parts = listed + [d for d in map(_describe, others) if d]
+        if "a number" in parts:  # a whole number is one
+            parts = [d for d in parts if d != "a whole number"]
+        return " or ".join(dict.fromkeys(parts))
+    if _is_sequence(origin):
+        inner = _describe(args[0]) if args else ""
+        return f"a list of {PLURAL[inner]}" if inner in PLURAL else "a list"
+    return ""
+
+
+def _type_error(parameter, value) -> Optional[str]:
+    """What the value must be, when it does not fit the type its class declares for `parameter` (undeclared: a
+    bool default makes it a bool); None when it fits or cannot be told. A class's None default takes None."""
+    import inspect
     annotation = parameter.annotation
     if annotation is inspect.Parameter.empty:
-        return isinstance(parameter.default, bool)
-    return annotation is bool or (typing.get_origin(annotation) is typing.Union
-                                  and set(typing.get_args(annotation)) == {bool, type(None)})
+        annotation = bool if isinstance(parameter.default, bool) else None
+    if annotation is None or (value is None and parameter.default is None) or _fits(annotation, value) is not False:
+        return None
+    return f"must be {_describe(annotation) or 'of type ' + str(annotation)}"
+
+
+def _signature(built) -> dict:
+    """The parameters of a class, their annotations as types, also where a module postpones them (`from __future__
+    import annotations`) and names them only for type checkers (`Iterable` unimported): each evaluated with
+    typing's names at hand, and left a string (unchecked) where that fails."""
+    import collections.abc
+    import inspect
+    import sys
+    import typing
+    try:
+        return dict(inspect.signature(built, eval_str=True).parameters)
+    except Exception:  # noqa: BLE001  (a name the annotations cannot resolve)
+        pass
+    params = dict(inspect.signature(built).parameters)
+    owner = getattr(built, "__init__", built)
+    names = {**vars(typing), **vars(collections.abc), **vars(sys.modules.get(getattr(owner, "__module__", ""), typing))}
+    for name, parameter in params.items():
+        if isinstance(parameter.annotation, str):
+            try:
+                params[name] = parameter.replace(annotation=eval(parameter.annotation, names))  # noqa: S307
+            except Exception:  # noqa: BLE001
+                pass
+    return params
 
 
 def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
@@ -185,25 +290,26 @@ def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
                 raise ConfigError(f"{group}.{unused[0]}: {group}={choices.get(group, 'this option')} builds nothing, "
                                   "so nothing would read it")
             continue
+        if group in BUILT_LATER and node.get("_partial_") is not True:
+            raise ConfigError(f"{group}={choices.get(group, 'this option')}: its YAML needs `_partial_: true`, as "
+                              f"cifar_ablate passes {BUILT_LATER[group]} itself when it builds the {group}",
+                              keys=(group,))
         try:
             built = get_object(target)
         except Exception as e:  # noqa: BLE001  (a class that is not there, or not in this torch)
             raise ConfigError(f"{group}._target_={target}: cannot be imported ({type(e).__name__})",
                               keys=(group, f"{group}._target_")) from None
-        try:  # annotations as types, also where a module postpones them (`from __future__ import annotations`)
-            params = inspect.signature(built, eval_str=True).parameters
-        except Exception:  # noqa: BLE001  (a name its annotations cannot resolve: they stay strings)
-            params = inspect.signature(built).parameters
+        params = _signature(built)
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue  # takes any keyword (TensorBoardLogger passes them on)
         takes = set(params) - PASSED_BY_US
         for key in node:
             if key in takes:
-                value = node[key]
-                # An open group has no schema to convert `no` or `off`, and any non-empty string is true.
-                if _takes_bool(params[key]) and not isinstance(value, bool) and not (value is None and
-                                                                                     params[key].default is None):
-                    raise ConfigError(f"{group}.{key}={value}: must be true or false", keys=(f"{group}.{key}",))
+                # An open group has no schema to convert values: `no` would be a string, so true; `abc` a width.
+                filled_in = node[key] is None and key in FILLED_IN.get(group, ())
+                fault = None if filled_in else _type_error(params[key], node[key])
+                if fault:
+                    raise ConfigError(f"{group}.{key}={node[key]}: {fault}", keys=(f"{group}.{key}",))
                 continue
             if key.startswith("_") or key in OWN_KEYS.get(group, ()):
                 continue
@@ -268,6 +374,11 @@ def check_config(cfg: DictConfig, choices: Optional[dict] = None) -> None:
     _require(0 <= opt.get("momentum", 0) < 1, "optimizer.momentum", opt.get("momentum"), "must be in [0, 1)")
     _require(cfg.scheduler.get("interval", "epoch") in ("epoch", "step"), "scheduler.interval",
              cfg.scheduler.get("interval"), "must be epoch or step")
+    monitor = cfg.scheduler.get("monitor")
+    _require(monitor is None or monitor in MONITORED, "scheduler.monitor", monitor,
+             f"must be one of {', '.join(MONITORED)}")
+    _require(monitor is None or cfg.scheduler.get("mode", "min") == MONITORED[monitor], "scheduler.mode",
+             cfg.scheduler.get("mode"), f"must be {MONITORED.get(monitor)} for scheduler.monitor={monitor}")
     _require(cfg.scheduler.get("gamma", 1) > 0, "scheduler.gamma", cfg.scheduler.get("gamma"), "must be > 0")
     for key in ("step_size", "step_size_up", "T_max", "total_steps"):  # lengths in epochs or steps
         value = cfg.scheduler.get(key)
@@ -285,6 +396,8 @@ def check_config(cfg: DictConfig, choices: Optional[dict] = None) -> None:
     _require(len(data.mean) == 3, "data.mean", list(data.mean), "needs 3 values, one per channel")
     _require(len(data.std) == 3 and min(data.std) > 0, "data.std", list(data.std), "needs 3 values, all > 0")
     _require(data.num_workers >= 0, "data.num_workers", data.num_workers, "must be >= 0")
+    _require(data.num_workers == 0 or data.loader == Loader.torch, "data.num_workers", data.num_workers,
+             "applies to data.loader=torch only (the default tensor loader has no worker processes)")
 
     aug = cfg.augment
     _require(0 <= aug.crop_padding <= 16, "augment.crop_padding", aug.crop_padding, "must be in [0, 16]")

@@ -650,11 +650,13 @@ def shared_overrides(sweep_dir: Path) -> list[str]:
     refused)."""
     from cifar_ablate.config import where_and_how_keys
     where_and_how = where_and_how_keys() | {"baseline"}  # baseline: what the report compares, not what runs do
+    # What names a run varies in the sweep, also where only one value has a run yet (a sweep stopped early).
+    varied = {override_key(item) for d in run_dirs(sweep_dir) for item in name_items(d.name)}
     shared: Optional[list[str]] = None
     for run_dir in run_dirs(sweep_dir):
         path = run_dir / ".hydra" / "overrides.yaml"
         if path.exists():
-            given = [o for o in OmegaConf.load(path) if override_key(o) not in where_and_how]
+            given = [o for o in OmegaConf.load(path) if override_key(o) not in where_and_how | varied]
             shared = given if shared is None else [o for o in shared if o in given]
     return shared or []
 

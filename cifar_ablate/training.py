@@ -181,19 +181,33 @@ def build_classifier(cfg: DictConfig) -> Classifier:
     model = init_weights(instantiate(cfg.model), cfg.init.scheme)
     penalty = WeightPenalty(model, **OmegaConf.to_container(cfg.regularization))
     scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
-    interval = scheduler_cfg.pop("interval")
+    interval, monitor = scheduler_cfg.pop("interval", "epoch"), scheduler_cfg.pop("monitor", None)
     scheduler = instantiate(scheduler_cfg) if scheduler_cfg.get("_target_") else None
-    return Classifier(model, instantiate(cfg.optimizer), scheduler, interval, penalty,
+    return Classifier(model, instantiate(cfg.optimizer), scheduler, interval, penalty, scheduler_monitor=monitor,
                       compile_model=cfg.compile, compile_mode=cfg.compile_mode, channels_last=cfg.channels_last)
 
 
+# The groups whose values the HPARAMS tab lists, each named as an override names it (model.batch_norm).
+HPARAM_GROUPS = ("model", "optimizer", "scheduler", "regularization", "init", "augment")
+
+
 def hparams_of(cfg: DictConfig, choices: dict) -> dict:
-    """What the HPARAMS tab shows: the group choices and the values most studies vary."""
+    """What the HPARAMS tab shows: the group choices, the seed, the batch size and every value the groups above
+    set, so that any key a sweep varies (model.activation, optimizer.lr) tells its runs apart there; values that
+    are no number, string or bool (lists) as text."""
     params = {group: str(choice) for group, choice in choices.items()}
-    params.update({"seed": cfg.seed, "batch_size": cfg.data.batch_size, "lr": cfg.optimizer.lr,
-                   "weight_decay": cfg.optimizer.get("weight_decay", 0.0), "dropout": cfg.model.get("dropout", 0.0),
-                   "l1": cfg.regularization.l1, "l2": cfg.regularization.l2})
+    params.update({"seed": cfg.seed, "data.batch_size": cfg.data.batch_size, "data.normalize": cfg.data.normalize})
+    for group in HPARAM_GROUPS:
+        for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
+            if not key.startswith("_"):
+                params[f"{group}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return params
+
+
+def first_line(error: Exception) -> str:
+    """An error's message, its first line (omegaconf's and torch's add lines of context); a KeyError's unquoted."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return text.splitlines()[0] if text.strip() else type(error).__name__
 
 
 def peak_gpu_memory_mb(trainer: L.Trainer) -> Optional[float]:
@@ -215,11 +229,17 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     classifier = build_classifier(cfg)  # model weights drawn right after seeding
-    try:  # torch checks an optimizer's values (betas, eps, ...) only when it is built, which Lightning does mid-fit
-        classifier.optimizer_factory(classifier.parameters())
+    # torch checks an optimizer's and a scheduler's values (betas, eps, start_factor, ...) only when they are built,
+    # which Lightning does mid-fit: built here once, on a copy of the optimizer, so a bad value is one line.
+    try:
+        optimizer = classifier.optimizer_factory(classifier.parameters())
     except (ValueError, TypeError, IndexError) as e:  # IndexError: a list too short (betas=[0.9])
-        reason = str(e).splitlines()[0]  # omegaconf's errors add lines of context
-        raise ConfigError(f"optimizer: {cfg.optimizer._target_} refused its values ({reason})") from None
+        raise ConfigError(f"optimizer: {cfg.optimizer._target_} refused its values ({first_line(e)})") from None
+    if classifier.scheduler_factory is not None:
+        try:
+            classifier.scheduler_factory(optimizer, **classifier.scheduler_length(steps=100, epochs=10))
+        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:  # KeyError: last_epoch given
+            raise ConfigError(f"scheduler: {cfg.scheduler._target_} refused its values ({first_line(e)})") from None
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.load()  # bad data fails here, before a logger or trainer writes anything

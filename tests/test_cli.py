@@ -56,6 +56,28 @@ def test_single_run_writes_metrics_and_tensorboard_logs(tmp_path, cifar_root):
     assert re.search(r"Total FLOPs: 1\.3 M", output), output[-3000:]
 
 
+def tensorboard_hparams(run_dir: Path) -> dict:
+    """The values the HPARAMS tab lists for the run."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    acc = EventAccumulator(str(run_dir))  # every event file of the run (Lightning writes the hparams to another)
+    acc.Reload()
+    start = HParamsPluginData.FromString(acc.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    return {k: getattr(v, v.WhichOneof("kind")) for k, v in start.session_start_info.hparams.items()}
+
+
+def test_hparams_name_every_value_of_the_runs_groups_and_an_option_may_leave_lr_to_its_class(tmp_path, cifar_root):
+    # An optimizer option without lr (torch's default) trained the whole run, then failed writing the HPARAMS.
+    result = run_cli(f"data.root={cifar_root}", *FAST, "optimizer=adam", "~optimizer.lr", "model=lenet_bn",
+                     "model.activation=swish", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+    hparams = tensorboard_hparams(tmp_path / "run")
+    # A sweep over a model key (model.activation=relu,swish) is told apart in the tab by it.
+    assert hparams["model"] == "lenet_bn" and hparams["model.activation"] == "swish"
+    assert hparams["model.batch_norm"] == 1 and hparams["optimizer"] == "adam" and "optimizer.lr" not in hparams
+    assert hparams["data.batch_size"] == 32 and hparams["seed"] == 0 and hparams["regularization.l2"] == 0
+
+
 def test_sweep_over_three_models(tmp_path, cifar_root):
     # A baseline given as a run name, unquoted (Hydra's grammar takes '=' in a value only quoted).
     result = run_cli("-m", "model=lenet,lenet_dropout,lenet_bn", "baseline=model=lenet_bn", f"data.root={cifar_root}",
@@ -176,7 +198,8 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
                           "max-autotune-no-cudagraphs"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0: must be >= 1"),
     ("optimizer.lr=abc", "optimizer.lr=abc: must be a number"),
-    ("trainer.precision=17", r"trainer: Precision 17 is invalid. Allowed precision values: .*"),
+    # A value Lightning's Trainer refuses when built, though it fits the type Lightning declares.
+    ("trainer.strategy=foo", r"trainer: You selected an invalid strategy name: `strategy='foo'`.*"),
     ("model.dropout=true", "model.dropout=True: must be a number"),
     ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be > 0"),
     ("model.dropout=1.0", r"model.dropout=1.0: must be in \[0, 1\)"),
@@ -186,6 +209,10 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("trainer.limit_train_batches=0", r"trainer.limit_train_batches=0: must be > 0 \(a fraction or a batch count\)"),
     ("optimizer=adam optimizer.betas=[0.9,2]",
      r"optimizer: torch.optim.Adam refused its values \(Invalid beta parameter at index 1: 2\)"),
+    # A scheduler too is built only mid-fit: a traceback after training had begun.
+    ("scheduler=onecycle +scheduler.div_factor=0",
+     r"scheduler: torch.optim.lr_scheduler.OneCycleLR refused its values \(float division by zero\)"),
+    ("data.num_workers=2", r"data.num_workers=2: applies to data.loader=torch only"),
     # Keys added with `+`, which Hydra's own refusal of a misspelt key suggests: nothing would read them, or the
     # class would refuse them after the data loaded (a traceback).
     ("+optimzer.lr=0.1", r"optimzer: not a config group or key, so nothing would read it; did you mean optimizer\?"),
@@ -216,6 +243,17 @@ CLASS_KEYS = [
     ("trainer.fast_dev_run=5", "trainer.fast_dev_run=5: not supported: it turns off logging and checkpoints"),
     ("model._target_=cifar_ablate.models.Nope", r"model._target_=cifar_ablate.models.Nope: cannot be imported "
                                                 r"\(ImportError\)"),
+    # Values of the type the class declares: an open group has no schema to refuse them, and a wrong one failed as
+    # the class was built (after the data loaded), or silently did nothing (milestones as strings never match).
+    ("scheduler=step scheduler.step_size=2.5", "scheduler.step_size=2.5: must be a whole number"),
+    ("scheduler=step scheduler._target_=torch.optim.lr_scheduler.MultiStepLR ~scheduler.step_size "
+     "+scheduler.milestones=['1','2']", r"scheduler.milestones=\['1', '2'\]: must be a list of whole numbers"),
+    ("scheduler=cyclic scheduler.mode=foo", "scheduler.mode=foo: must be one of triangular, triangular2, exp_range"),
+    ("optimizer=adam optimizer.betas=[0.9,abc]", r"optimizer.betas=\[0.9, 'abc'\]: must be a list of numbers"),
+    ("trainer.precision=17", "trainer.precision=17: must be one of 64, 32, 16, transformer-engine"),
+    ("model.activation=1", "model.activation=1: must be one of relu, swish"),
+    ("scheduler=step ~scheduler._partial_", r"scheduler=step: its YAML needs `_partial_: true`, as cifar_ablate "
+                                           r"passes the optimizer itself"),
 ]
 
 

@@ -342,6 +342,10 @@ def test_the_summary_names_the_preset_and_settings_every_run_was_given(tmp_path)
         (tmp_path / r["run"] / "metrics.json").write_text(json.dumps({**r, "name": r["run"]}))
     summary = write_report(tmp_path)[2]
     assert "Given to every run: `+experiment=lenet_variants` `data.train_fraction=0.05`\n" in summary
+    import shutil
+    shutil.rmtree(tmp_path / "model=b,seed=0")  # a sweep stopped before its second variant: model is still varied
+    summary = write_report(tmp_path)[2]
+    assert "Given to every run: `+experiment=lenet_variants` `data.train_fraction=0.05`\n" in summary
 
 
 def test_a_seed_trained_again_under_a_new_name_counts_once(tmp_path):
