@@ -6,7 +6,12 @@ are open mappings here; their keys are fixed by their YAML files, so a misspelt 
 This module imports neither torch nor Lightning at load (the checks that need them import them last), so a
 mistyped override is reported in about a second, not after several seconds of imports.
 """
+import collections.abc
 import difflib
+import inspect
+import sys
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -165,23 +170,16 @@ def _setters(group: str, key: str, choices: dict) -> list[str]:
 
 
 def _is_union(annotation) -> bool:
-    import types
-    import typing
     return typing.get_origin(annotation) is typing.Union or isinstance(annotation, types.UnionType)
 
 
-SEQUENCES = (list, tuple, "collections.abc.Sequence", "collections.abc.Iterable")
-
-
 def _is_sequence(origin) -> bool:
-    return origin in (list, tuple) or f"{getattr(origin, '__module__', '')}.{getattr(origin, '__name__', '')}" \
-        in SEQUENCES
+    return origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
 
 
 def _fits(annotation, value) -> Optional[bool]:
     """Whether `value` (as YAML or the command line gave it) fits the type `annotation` declares; None where that
     cannot be told here (a class, an annotation left a string), which is then not checked."""
-    import typing
     from omegaconf import ListConfig
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is bool:
@@ -218,7 +216,6 @@ PLURAL = {"true or false": "true/false values", "a whole number": "whole numbers
 
 def _describe(annotation) -> str:
     """A declared type as a refusal names it: `a whole number`, `true or false`, `a list of whole numbers`."""
-    import typing
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
     if annotation in names:
@@ -242,7 +239,6 @@ def _describe(annotation) -> str:
 def _type_error(parameter, value) -> Optional[str]:
     """What the value must be, when it does not fit the type its class declares for `parameter` (undeclared: a
     bool default makes it a bool); None when it fits or cannot be told. A class's None default takes None."""
-    import inspect
     annotation = parameter.annotation
     if annotation is inspect.Parameter.empty:
         annotation = bool if isinstance(parameter.default, bool) else None
@@ -255,10 +251,6 @@ def _signature(built) -> dict:
     """The parameters of a class, their annotations as types, also where a module postpones them (`from __future__
     import annotations`) and names them only for type checkers (`Iterable` unimported): each evaluated with
     typing's names at hand, and left a string (unchecked) where that fails."""
-    import collections.abc
-    import inspect
-    import sys
-    import typing
     try:
         return dict(inspect.signature(built, eval_str=True).parameters)
     except Exception:  # noqa: BLE001  (a name the annotations cannot resolve)
@@ -278,8 +270,6 @@ def _signature(built) -> dict:
 def _check_class_keys(cfg: DictConfig, choices: dict) -> None:
     """Every key of an open group must be a parameter of the class it builds (LeNet takes no dropout2): else the
     run would fail with a traceback as it builds, after the data has loaded."""
-    import inspect
-
     from hydra.utils import get_object
     for group in OPEN_GROUPS:
         node = cfg[group]
