@@ -202,7 +202,12 @@ class TensorBatches:
 
 
 class _ImageDataset(Dataset):
-    """One image at a time through a torchvision transform: the reference pipeline."""
+    """One image at a time through a torchvision transform: the reference pipeline.
+
+    Indexed by (image, seed): the transform's random draws come from that image's own seed, not from the
+    process's global RNG, so they are the same in the main process and in any worker, a resumed epoch
+    replays them, and the global RNG (dropout's) is left as it was. seed None: the transform draws nothing.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
         self.images, self.labels, self.transform = images, labels, transform
@@ -210,23 +215,65 @@ class _ImageDataset(Dataset):
     def __len__(self):
         return len(self.images)
 
-    def __getitem__(self, i):
-        return self.transform(self.images[i]), self.labels[i]
+    def __getitem__(self, item):
+        i, seed = item
+        if seed is None:
+            return self.transform(self.images[i]), self.labels[i]
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from the global CPU RNG
+            torch.default_generator.manual_seed(seed)
+            return self.transform(self.images[i]), self.labels[i]
 
 
 class _EpochSampler(Sampler):
-    """Yields `epoch_indices`, so the torchvision path visits images in the same order as the tensor path."""
+    """Yields (index, seed) in `epoch_indices` order, so the torchvision path visits images in the same order
+    as the tensor path; each image's seed is drawn from (seed, epoch) (None when `seeded` is false).
 
-    def __init__(self, n, shuffle, seed, epoch, rank=0, world_size=1):
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, epoch
+    `skip` images at the start of the next epoch are left out: those a resumed epoch had already served.
+    """
+
+    def __init__(self, n, shuffle, seed, epoch, seeded=False, rank=0, world_size=1):
+        self.n, self.shuffle, self.seed, self.epoch, self.seeded = n, shuffle, seed, epoch, seeded
         self.rank, self.world_size = rank, world_size
+        self.skip = 0
 
     def __len__(self):
         return math.ceil(self.n / self.world_size)
 
     def __iter__(self):
-        order = epoch_indices(self.n, self.shuffle, self.seed, self.epoch(), self.rank, self.world_size)
-        return iter(order.tolist())
+        epoch = self.epoch()
+        order = epoch_indices(self.n, self.shuffle, self.seed, epoch, self.rank, self.world_size).tolist()
+        seeds = [None] * self.n
+        if self.seeded:  # one per image, not per position: under DDP no two ranks share a draw
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, 1))
+            seeds = torch.randint(2 ** 62, (self.n,), generator=generator).tolist()
+        skip, self.skip = self.skip, 0
+        return iter([(i, seeds[i]) for i in order[skip:]])
+
+
+class _ResumableDataLoader(DataLoader):
+    """A DataLoader that, as TensorBatches, records how many batches of the epoch it served, so a checkpoint
+    saved mid-epoch resumes after them (Lightning saves and restores this state for loaders that have it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.position = {"epoch": -1, "batches": 0}
+        self._resume_at: Optional[dict] = None
+
+    def state_dict(self) -> dict:
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = dict(state)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch()
+        resume_at, self._resume_at = self._resume_at, None
+        skip = resume_at["batches"] if resume_at and resume_at["epoch"] == epoch else 0
+        self.sampler.skip = skip * self.batch_size
+        self.position = {"epoch": epoch, "batches": skip}
+        for batch in super().__iter__():
+            self.position["batches"] += 1
+            yield batch
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -297,10 +344,14 @@ class CIFAR10DataModule(L.LightningDataModule):
             return TensorBatches(images, labels, batch_size, shuffle=train, seed=self.seed, mean=self.mean,
                                  std=self.std, augment=self.augment if train else None,
                                  epoch=self._current_epoch, rank=rank, world_size=world)
-        transform = torchvision_transform(self.augment if train else BatchAugment(), self.mean, self.std)
-        sampler = _EpochSampler(len(images), train, self.seed, self._current_epoch, rank, world)
-        return DataLoader(_ImageDataset(images, labels, transform), batch_size=batch_size, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        augment = self.augment if train else BatchAugment()
+        sampler = _EpochSampler(len(images), train, self.seed, self._current_epoch, augment.active, rank, world)
+        # Its own generator for the workers' base seed, which would otherwise be drawn from the global RNG
+        # (once per epoch, or once with persistent workers): dropout's draws do not depend on num_workers.
+        return _ResumableDataLoader(_ImageDataset(images, labels, torchvision_transform(augment, self.mean, self.std)),
+                                    batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                                    persistent_workers=self.num_workers > 0,
+                                    generator=torch.Generator().manual_seed(stream_seed(self.seed, 0, 4)))
 
     def train_dataloader(self):
         return self._batches("train", train=True)

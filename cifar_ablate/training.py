@@ -249,6 +249,9 @@ def train(cfg: DictConfig, run_dir: Path, progress: RunProgress, resume: ResumeC
     if trainer_cfg.get("enable_progress_bar") is None:
         trainer_cfg["enable_progress_bar"] = sys.stdout.isatty()
     progress.print_lines = not trainer_cfg["enable_progress_bar"]
+    # Each process already takes its share of every epoch (epoch_indices): a DistributedSampler that Lightning
+    # put around data.loader=torch's sampler would shard it a second time.
+    trainer_cfg["use_distributed_sampler"] = False
     # Redrawing the bar every step costs more than the step.
     bar = [TQDMProgressBar(refresh_rate=20)] if trainer_cfg["enable_progress_bar"] else []
     callbacks = [progress, LearningRateMonitor(), resume,

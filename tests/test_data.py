@@ -222,6 +222,47 @@ def test_torchvision_path_gives_the_same_batches_without_augmentation(cifar_root
             assert torch.allclose(xa, xb, atol=1e-6)
 
 
+def test_torchvision_path_augments_the_same_with_any_number_of_workers_and_leaves_the_global_rng(cifar_root):
+    """Each image's draws come from its own seed: workers or not, the same crops and flips, and dropout's RNG
+    (the global one) is where it would be without the loader."""
+    def epoch(num_workers):
+        dm = datamodule(cifar_root, loader="torch", num_workers=num_workers,
+                        augment=BatchAugment(crop_padding=4, flip=True))
+        torch.manual_seed(123)
+        batches = list(dm.train_dataloader())
+        return batches, torch.get_rng_state()
+    (in_process, rng_after), (in_workers, _) = epoch(0), epoch(2)
+    assert len(in_process) == len(in_workers) == 8
+    for (xa, ya), (xb, yb) in zip(in_process, in_workers):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    torch.manual_seed(123)
+    assert torch.equal(rng_after, torch.get_rng_state())
+    plain = list(datamodule(cifar_root, loader="torch").train_dataloader())
+    assert not torch.equal(plain[0][0], in_process[0][0])  # it did augment
+
+
+@pytest.mark.parametrize("loader", ["tensor", "torch"])
+def test_a_loader_restored_mid_epoch_serves_the_rest_of_that_epoch_as_it_would_have(cifar_root, loader):
+    """What a checkpoint saved after 3 batches holds lets a new loader continue with batch 4, same draws."""
+    def train_batches():
+        return datamodule(cifar_root, loader=loader, augment=BatchAugment(crop_padding=4, flip=True)).train_dataloader()
+    whole = list(train_batches())
+    interrupted = train_batches()
+    served = iter(interrupted)
+    for _ in range(3):
+        next(served)
+    state = interrupted.state_dict()
+    assert state == {"epoch": 0, "batches": 3}
+    resumed = train_batches()
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == len(whole) - 3
+    for (xa, ya), (xb, yb) in zip(whole[3:], rest):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    assert resumed.state_dict() == {"epoch": 0, "batches": len(whole)}
+    assert len(list(resumed)) == len(whole)  # the next pass is a whole epoch again
+
+
 def test_the_stats_command_prints_override_form_and_says_how_to_fetch_missing_data(tmp_path, cifar_root, capsys):
     from conftest import run_cli
 

@@ -119,3 +119,17 @@ def test_a_ddp_runs_validation_loss_is_the_mean_over_both_processes_images(ddp_r
         assert sum(b["n"] for b in mine) == 50  # the 50 validation images, split between the processes
         expected = sum(b["loss"] * b["n"] for b in mine) / 50
         assert logged[epoch] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_ddp_run_with_the_torchvision_loader_also_gives_each_process_half_of_every_epoch(tmp_path, cifar_root):
+    """data.loader=torch shards its own sampler's order; a DistributedSampler around it would halve each half."""
+    (tmp_path / "record_ranks.py").write_text(RECORD_RANKS)
+    result = run_cli(f"data.root={cifar_root}", *DDP, "data.loader=torch", "augment=crop_flip", "hydra.run.dir=run",
+                     cwd=tmp_path, file=Path("record_ranks.py"), fresh=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = {r: [json.loads(line) for line in open(tmp_path / f"rank{r}.jsonl")] for r in (0, 1)}
+    for epoch in (0, 1):
+        seen = [[h for s in steps[r] if s["epoch"] == epoch for h in s["images"]] for r in (0, 1)]
+        assert [len(s) for s in seen] == [125, 125] and len(set(seen[0] + seen[1])) == 250
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["images_per_second"] == pytest.approx(2 * 250 / metrics["train_seconds"], rel=0.02)

@@ -99,6 +99,25 @@ def test_a_run_validating_every_few_epochs_still_checkpoints_every_epoch(tmp_pat
     assert read_curves(tmp_path / "killed") == read_curves(tmp_path / "whole")
 
 
+def test_a_run_with_the_torchvision_loader_stopped_mid_epoch_resumes_bit_identically(tmp_path, cifar_root):
+    """data.loader=torch records how far into the epoch it got, and its augmentation draws come from per-image
+    seeds: the resumed run continues with the next batch and ends where the uninterrupted one did."""
+    args = [f"data.root={cifar_root}", *FAST, "trainer.max_epochs=3", "model=lenet_dropout", "augment=crop_flip",
+            "data.loader=torch"]
+    whole = run_cli(*args, "hydra.run.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    stopped = run_cli(*args, "hydra.run.dir=stopped", cwd=tmp_path, script=SIGNAL_MID_EPOCH,
+                      env={"STOP_SIGNAL": "SIGTERM"})
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    resumed = run_cli(*args, "hydra.run.dir=stopped", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "not resumable" not in resumed.stdout + resumed.stderr  # Lightning's warning for a loader without state
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
+    assert (b["test_acc"], b["test_loss"], b["best_val_acc"]) == (a["test_acc"], a["test_loss"], a["best_val_acc"])
+    assert read_curves(tmp_path / "stopped")["train/loss_epoch"] == read_curves(tmp_path / "whole")["train/loss_epoch"]
+
+
 @pytest.mark.parametrize("signame, how", [("SIGTERM", "same command"), ("SIGUSR1", "resume="),
                                           ("SIGINT", None)])  # SIGINT takes SIGUSR1's route: save only
 def test_a_run_stopped_by_a_signal_saves_mid_epoch_and_resumes_bit_identically(tmp_path, uninterrupted, signame,
