@@ -27,7 +27,7 @@ from cifar_ablate.augment import BatchAugment
 from cifar_ablate.checkpointing import ResumeCheckpoint, check_checkpoint
 from cifar_ablate.classifier import Classifier
 from cifar_ablate.config import group_choices
-from cifar_ablate.data import CIFAR10DataModule
+from cifar_ablate.data import NUM_CLASSES, CIFAR10DataModule
 from cifar_ablate.errors import ConfigError
 from cifar_ablate.penalty import WeightPenalty
 from cifar_ablate.report import CUSTOM_SCALARS_LAYOUT
@@ -177,8 +177,36 @@ def build_datamodule(cfg: DictConfig) -> CIFAR10DataModule:
     return CIFAR10DataModule(**data, augment=BatchAugment(**cfg.augment), seed=cfg.seed)
 
 
+def build_model(cfg: DictConfig) -> torch.nn.Module:
+    """The configured network, tried on two blank CIFAR-10 images before its init scheme is applied: values that
+    build no working classifier (blocks_per_stage=0, a custom model's wrong sizes) are the user's to fix, in one
+    line. The try draws no random numbers and changes no state (eval mode, no grad), so weights stay as seeded."""
+    target, keys = cfg.model._target_, ("model", *(f"model.{k}" for k in cfg.model if not k.startswith("_")))
+    try:
+        model = instantiate(cfg.model)
+    except InstantiationException as e:
+        if not isinstance(e.__cause__, (ValueError, TypeError)):
+            raise
+        raise ConfigError(f"model: {target} refused its values ({first_line(e.__cause__)})", keys=keys) from None
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(torch.zeros(2, 3, 32, 32))
+    except (RuntimeError, ValueError, IndexError) as e:  # torch's word for mismatched shapes is RuntimeError
+        values = ", ".join(f"{k}={v}" for k, v in cfg.model.items() if not k.startswith("_"))
+        raise ConfigError(f"model: {target} ({values}) fails on a batch of 3x32x32 images ({first_line(e)})",
+                          keys=keys) from None
+    finally:
+        model.train()
+    if tuple(getattr(logits, "shape", ())) != (2, NUM_CLASSES):
+        shape = tuple(logits.shape) if hasattr(logits, "shape") else type(logits).__name__
+        raise ConfigError(f"model: {target} returns {shape} for 2 images; a CIFAR-10 classifier returns "
+                          f"(N, {NUM_CLASSES}) logits", keys=keys)
+    return init_weights(model, cfg.init.scheme)
+
+
 def build_classifier(cfg: DictConfig) -> Classifier:
-    model = init_weights(instantiate(cfg.model), cfg.init.scheme)
+    model = build_model(cfg)
     penalty = WeightPenalty(model, **OmegaConf.to_container(cfg.regularization))
     scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
     interval, monitor = scheduler_cfg.pop("interval", "epoch"), scheduler_cfg.pop("monitor", None)

@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from cifar_ablate.errors import ConfigError
 from cifar_ablate.penalty import WeightPenalty
-from cifar_ablate.training import build_classifier
+from cifar_ablate.training import build_classifier, build_model
 from cifar_ablate.weight_init import init_weights
 
 
@@ -318,3 +319,35 @@ def test_the_model_summary_counts_flops_with_an_image_in_the_weights_dtype(compo
                                                           + 400 * 120 + 120 * 84 + 84 * 10)
     monkeypatch.setattr(torch, "compile", lambda model, mode: model)
     assert build_classifier(compose_config(["model=lenet", "compile=true"])).example_input_array is None
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"_target_": "cifar_ablate.models.CifarResNet", "blocks_per_stage": 0},
+     r"model: cifar_ablate.models.CifarResNet refused its values \(blocks_per_stage=0: must be >= 1\)$"),
+    # A custom model: sizes that do not fit a 3x32x32 image, or an output that is no (N, 10) of logits.
+    ({"_target_": "torch.nn.Linear", "in_features": 10, "out_features": 10},
+     r"model: torch.nn.Linear \(in_features=10, out_features=10\) fails on a batch of 3x32x32 images "
+     r"\(mat1 and mat2 shapes cannot be multiplied .*\)$"),
+    ({"_target_": "torch.nn.Flatten"},
+     r"model: torch.nn.Flatten returns \(2, 3072\) for 2 images; a CIFAR-10 classifier returns \(N, 10\) logits$"),
+])
+def test_a_model_that_cannot_classify_cifar_images_is_refused_in_one_line(compose_config, model, message):
+    cfg = compose_config()
+    cfg.model = OmegaConf.create(model)
+    with pytest.raises(ConfigError, match=message) as refused:
+        build_model(cfg)
+    assert "model" in refused.value.keys  # in a sweep over models it fails that run only
+
+
+@pytest.mark.parametrize("model", ["lenet_bn", "lenet_dropout"])
+def test_trying_the_model_before_training_leaves_its_weights_and_the_rng_as_seeded(compose_config, model):
+    """BatchNorm would move its running statistics and dropout draw masks if the try ran in training mode."""
+    cfg = compose_config([f"model={model}", "init=kaiming_normal"])
+    torch.manual_seed(0)
+    tried = build_model(cfg)
+    rng_after = torch.get_rng_state()
+    torch.manual_seed(0)
+    untried = init_weights(instantiate(cfg.model), cfg.init.scheme)
+    assert torch.equal(rng_after, torch.get_rng_state()) and tried.training
+    assert tried.state_dict().keys() == untried.state_dict().keys()
+    assert all(torch.equal(v, untried.state_dict()[k]) for k, v in tried.state_dict().items())

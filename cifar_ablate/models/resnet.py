@@ -35,6 +35,8 @@ class CifarResNet(nn.Module):
     def __init__(self, num_classes: int = 10, activation: str = "relu", dropout: float = 0.0,
                  blocks_per_stage: int = 3):
         super().__init__()
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks_per_stage={blocks_per_stage}: must be >= 1")
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.act = make_activation(activation)
