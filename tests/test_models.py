@@ -1,5 +1,6 @@
 """Every homework model: output shape, parameter count (by hand), and a sane loss at init."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +46,12 @@ EXPECTED_PARAMS = {
     "simple_nn": 82_030, "simple_nn_bn": SIMPLE_NN + bn(8) + bn(16),
     "resnet20": RESNET20,
 }
+
+
+def test_every_model_option_has_a_hand_count_here():
+    """A model added under conf/model/ is tested here once its parameter count, worked out by hand, is added."""
+    from cifar_ablate.config import CONFIG_DIR
+    assert sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml")) == sorted(EXPECTED_PARAMS)
 
 
 def test_hand_counts_match_the_issue_table():
