@@ -184,7 +184,9 @@ class Classifier(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, **lengths)
         stepping = {"scheduler": scheduler, "interval": self.scheduler_interval}
         if self.scheduler_monitor is not None:
-            stepping["monitor"] = self.scheduler_monitor
+            # Lightning steps an epoch scheduler every `frequency` epochs; validation runs every
+            # check_val_every_n_epoch: stepping in between would read a stale metric, or none (an error) at first.
+            stepping.update(monitor=self.scheduler_monitor, frequency=self.trainer.check_val_every_n_epoch or 1)
         return {"optimizer": optimizer, "lr_scheduler": stepping}
 
     def scheduler_length(self, steps: int, epochs: int) -> dict:

@@ -369,6 +369,13 @@ def check_config(cfg: DictConfig, choices: Optional[dict] = None) -> None:
              f"must be one of {', '.join(MONITORED)}")
     _require(monitor is None or cfg.scheduler.get("mode", "min") == MONITORED[monitor], "scheduler.mode",
              cfg.scheduler.get("mode"), f"must be {MONITORED.get(monitor)} for scheduler.monitor={monitor}")
+    # A monitored metric is new only after a validation, which runs at the end of an epoch.
+    _require(monitor is None or cfg.scheduler.get("interval", "epoch") == "epoch", "scheduler.interval",
+             cfg.scheduler.get("interval"), f"must be epoch for scheduler.monitor={monitor} (it steps after each "
+             "validation, at an epoch's end)")
+    _require(monitor is None or cfg.trainer.get("limit_val_batches") != 0, "trainer.limit_val_batches",
+             cfg.trainer.get("limit_val_batches"), f"must be > 0 for scheduler.monitor={monitor}: without "
+             "validation there is no metric to step on")
     _require(cfg.scheduler.get("gamma", 1) > 0, "scheduler.gamma", cfg.scheduler.get("gamma"), "must be > 0")
     for key in ("step_size", "step_size_up", "T_max", "total_steps"):  # lengths in epochs or steps
         value = cfg.scheduler.get(key)

@@ -213,6 +213,10 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("scheduler=onecycle +scheduler.div_factor=0",
      r"scheduler: torch.optim.lr_scheduler.OneCycleLR refused its values \(float division by zero\)"),
     ("data.num_workers=2", r"data.num_workers=2: applies to data.loader=torch only"),
+    ("scheduler=plateau scheduler.interval=step",
+     r"scheduler.interval=step: must be epoch for scheduler.monitor=val/loss \(it steps after each validation"),
+    ("scheduler=plateau trainer.limit_val_batches=0",
+     "trainer.limit_val_batches=0: must be > 0 for scheduler.monitor=val/loss: without validation there is no metric"),
     # Keys added with `+`, which Hydra's own refusal of a misspelt key suggests: nothing would read them, or the
     # class would refuse them after the data loaded (a traceback).
     ("+optimzer.lr=0.1", r"optimzer: not a config group or key, so nothing would read it; did you mean optimizer\?"),

@@ -128,7 +128,7 @@ def test_dropout_regularization_sets_the_model_dropout(compose_config):
     assert instantiate(cfg.model).drop1.p == 0.5
 
 
-def lr_trace(compose_config, tmp_path, cifar_root, scheduler, epochs=2, extra=()):
+def lr_trace(compose_config, tmp_path, cifar_root, scheduler, epochs=2, extra=(), validate_every=1):
     """Train a few tiny epochs and return the learning rate seen at every optimizer step."""
     import lightning as L
 
@@ -144,7 +144,8 @@ def lr_trace(compose_config, tmp_path, cifar_root, scheduler, epochs=2, extra=()
             seen.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+                        check_val_every_n_epoch=validate_every)
     trainer.fit(classifier, datamodule=datamodule)
     return seen, classifier.scheduler_interval
 
@@ -162,6 +163,16 @@ def test_cyclic_scheduler_moves_within_an_epoch(compose_config, tmp_path, cifar_
                               extra=["scheduler.step_size_up=2", "scheduler.base_lr=0.001", "scheduler.max_lr=0.005"])
     assert interval == "step"
     assert seen == pytest.approx([0.001, 0.003, 0.005, 0.003, 0.001])
+
+
+def test_plateau_steps_after_each_validation_on_its_fresh_value(compose_config, tmp_path, cifar_root):
+    """Validating every 2 epochs: stepped at epochs 2, 4 and 6, never in between (until session 14 it stepped every
+    epoch and failed at the first, before any validation). A threshold no loss can meet: the first step sets the
+    best, every later one reduces the LR."""
+    seen, _ = lr_trace(compose_config, tmp_path, cifar_root, "plateau", epochs=6, validate_every=2,
+                       extra=["scheduler.patience=0", "scheduler.factor=0.5", "+scheduler.threshold=10",
+                              "+scheduler.threshold_mode=abs"])
+    assert seen == pytest.approx([0.01] * 20 + [0.005] * 10)
 
 
 def test_onecycle_fills_its_length_from_the_trainer(compose_config, tmp_path, cifar_root):
