@@ -83,8 +83,40 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
         for r in rows:
             r["variant"] = variant_of(names.get(r["run"], r["run"]))
     rows.sort(key=lambda r: (r["job_num"], r["run"]))
+    merge_same_configs(sweep_dir, rows)
     mark_repeated_seeds(rows)
     return rows
+
+
+def _computed_config(run_dir: Path) -> Optional[str]:
+    """What the run computed, its seed aside (run_config.json as of its first start), as one comparable string;
+    None for a run without the file (it predates it, or was refused before training)."""
+    import json
+
+    from cifar_ablate.run_record import CHOICES_KEY, OVERRIDES_KEY, RUN_CONFIG
+    try:
+        saved = json.loads((run_dir / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    for key in (CHOICES_KEY, OVERRIDES_KEY, "seed"):
+        saved.pop(key, None)
+    return json.dumps(saved, sort_keys=True)
+
+
+def merge_same_configs(sweep_dir: Path, runs: list[dict]) -> None:
+    """Runs named as different variants that computed the same config are one variant, the first's (in the report's
+    order). Names leave out what every run of a command shares: a sweep rerun into its dir with one axis narrowed to
+    a value (lr_range's optimizer.lr=0.01 with seed=0,1,2) names its runs `seed=N`, beside the first command's
+    `optimizer.lr=0.01`; as two rows one would be the other's baseline, and seed 0, trained twice, counted twice.
+    Such a run keeps its name in `named`."""
+    first: dict[str, str] = {}
+    for r in runs:
+        config = _computed_config(sweep_dir / r["run"])
+        if config is None:
+            continue
+        variant = first.setdefault(config, r["variant"])
+        if variant != r["variant"]:
+            r["named"], r["variant"] = r["variant"], variant
 
 
 def single_runs(sweep_dir: Path, runs: list[dict]) -> bool:
@@ -299,11 +331,15 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
         for v in variants:
             verdict = ("baseline" if v["baseline"] else
                        "untested (n < 2 or no spread)" if v["differs"] is None else "yes" if v["differs"] else "no")
-            lines.append(f"| {v['variant']} | {v['status']} | {v['n']} | {_pm(v['test_acc_mean'], v['test_acc_std'])} "
+            status = v["status"] + (f" ({v['diverged']} of {v['n']} diverged)" if v["diverged"] else "")
+            lines.append(f"| {v['variant']} | {status} | {v['n']} | {_pm(v['test_acc_mean'], v['test_acc_std'])} "
                          f"| {_pm(v['best_val_acc_mean'], v['best_val_acc_std'])} "
                          f"| {'' if v['baseline'] else _fmt(v['delta_vs_baseline'])} | {_fmt_p(v['p_value'])} "
                          f"| {_fmt_p(v['p_holm'])} | {verdict} | {_fmt(v['epochs_mean'], 1)} "
                          f"| {_fmt(v['train_seconds_mean'], 1)} |")
+        lines += ["", "test_acc: each run's model after its last epoch, on the test set; best_val_acc: each run's "
+                      "best validation epoch. Mean ± sample std (n − 1) over a variant's seeds with a result (n); "
+                      "a diverged run's accuracy counts in them and in the test."]
         tested = sum(not math.isnan(v["p_value"]) for v in variants)
         if not tested:
             lines += ["", "Nothing is tested: Welch's t-test needs at least 2 seeds with a result in both a variant "
@@ -328,6 +364,14 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
     if not_results:
         lines += ["", "Runs without a result: " + ", ".join(
             f"{r['run']} ({r.get('status')}{': ' + r['error'] if r.get('error') else ''})" for r in not_results)]
+    merged: dict[tuple, list[str]] = {}
+    for r in runs:
+        if r.get("named"):
+            merged.setdefault((r["named"], r["variant"]), []).append(r["run"])
+    if merged:
+        lines += ["", "Counted as one variant, as their runs computed the same config (run_config.json, seed aside) "
+                      "under other names: " + "; ".join(f"{', '.join(names)} (named {named}) as {variant}"
+                                                       for (named, variant), names in merged.items())]
     repeats = [r for r in runs if r.get("repeats")]
     if repeats:
         lines += ["", "Not counted, as a seed counts once per variant: " + ", ".join(
@@ -344,7 +388,10 @@ def summary_markdown(sweep_dir: Path, variants: list[dict], runs: list[dict], no
             def at(key):
                 return f"{_fmt(r.get(key + '_best'))} ({_fmt(r.get(key + '_best_epoch'))})"
             v = counts.get(r["variant"], {})
-            name = f"{r['variant']} ({v['diverged']} of {v['n']} diverged)" if v.get("diverged") else r["variant"]
+            notes = [f"{v['diverged']} of {v['n']} diverged"] if v.get("diverged") else []
+            if 0 < r.get("val_acc_last_n", 0) < v.get("n", 0):  # the others stopped logging before the last epoch
+                notes.append(f"last epoch over {r['val_acc_last_n']} of {v['n']}")
+            name = f"{r['variant']} ({'; '.join(notes)})" if notes else r["variant"]
             lines.append(f"| {name} | {at('val_acc')} | {_fmt(r.get('val_acc_last'))} | {at('val_loss')} "
                          f"| {_fmt(r.get('val_loss_last'))} | {_fmt(r.get('train_loss_last'))} "
                          f"| {_fmt(r.get('train_loss_epochs'))} |")
@@ -446,8 +493,10 @@ def curve_readings(rows: list[dict]) -> list[dict]:
     """Per variant, from curve_rows' means: the peak validation accuracy and the lowest validation loss with
     their epochs (a tie's first), and the last epoch's values."""
     means: dict[str, dict[str, list]] = {}
+    last_n: dict[tuple, int] = {}
     for r in rows:  # in epoch order
         means.setdefault(r["variant"], {}).setdefault(r["metric"], []).append((r["epoch"], r["mean"]))
+        last_n[r["variant"], r["metric"]] = r["n"]
     readings = []
     for variant, by_metric in means.items():
         reading = {"variant": variant}
@@ -456,6 +505,7 @@ def curve_readings(rows: list[dict]) -> list[dict]:
             finite = [(v, e) for e, v in points if math.isfinite(v)]
             reading[f"{metric}_last"] = points[-1][1] if points else math.nan
             reading[f"{metric}_epochs"] = points[-1][0] if points else 0  # the last epoch it was logged in
+            reading[f"{metric}_last_n"] = last_n.get((variant, metric), 0)  # the runs that last mean is over
             best = (max(finite, key=lambda t: (t[0], -t[1]), default=(math.nan, None)) if metric == "val_acc"
                     else min(finite, default=(math.nan, None)))
             reading[f"{metric}_best"], reading[f"{metric}_best_epoch"] = best
@@ -500,17 +550,22 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
         curves = [c for c in curves if c]
         if not curves:
             continue
-        note = (notes or {}).get(variant)
-        counts = ("baseline, " if variant == baseline else "") + f"n={len(curves)}" + (f", {note}" if note else "")
-        label = f"{names[variant]} ({counts})"
         finite = [np.isfinite(list(_by_epoch(c).values())) for c in curves]
         # A diverged run's NaN or inf values draw nothing; the legend says so rather than hide the variant.
-        if not any(f.any() for f in finite):
+        drawable = any(f.any() for f in finite)
+        epochs, mean, std, n = map(np.array, mean_curve(curves)) if drawable else ([],) * 4
+        note = (notes or {}).get(variant)
+        counts = ("baseline, " if variant == baseline else "") + f"n={len(curves)}" + (f", {note}" if note else "")
+        fewer = n[(n > 0) & (n < len(curves))] if drawable else []  # epochs some runs have no value in
+        if len(fewer):  # the line's mean and band there are over fewer runs (one stopped early, or diverged)
+            at = f"{fewer.min()}" if fewer.min() == fewer.max() else f"{fewer.min()}-{fewer.max()}"
+            counts += f", {at} from epoch {epochs[(n > 0) & (n < len(curves))][0]}"
+        label = f"{names[variant]} ({counts})"
+        if not drawable:
             ax.plot([], [], marker="x", linestyle="none", label=f"{label}: no finite value")
             continue
         if not all(f.all() for f in finite):
             label += ": non-finite values not drawn"
-        epochs, mean, std, _ = map(np.array, mean_curve(curves))
         drawn = np.isfinite(mean)  # the line joins the epochs with a value (validation every few epochs)
         epochs, mean, std = epochs[drawn], mean[drawn], std[drawn]
         (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
@@ -529,7 +584,9 @@ def plot_curves(curves_by_variant: dict[str, list[list[float]]], ylabel: str, ti
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    several = any(len([c for c in curves if c]) > 1 for curves in curves_by_variant.values())
+    ax.set_title(title + ("\nmean over seeds, band: ± 1 std (n − 1); n: runs with a value" if several else ""),
+                 fontsize=10 if several else None)
     ax.grid(alpha=0.3)
     entries = ax.get_legend_handles_labels()[1]
     if len(entries) > 6 or max(map(len, entries), default=0) > 40:
@@ -556,22 +613,29 @@ def plot_test_accuracy(variants: list[dict]):
     names = [labels[v["variant"]] + (" (baseline)" if v.get("baseline") else "") for v in variants]  # as the table
     means = [0 if math.isnan(v["test_acc_mean"]) else v["test_acc_mean"] for v in variants]
     one_run_each = all(v["n"] <= 1 for v in variants)  # no spread to show: no error bars, and the label says so
-    errors = None if one_run_each else [0 if math.isnan(v["test_acc_std"]) else v["test_acc_std"] for v in variants]
+    # A bar with one result has no spread to show, which a zero-width error bar would claim: it is marked instead.
+    errors = [v["test_acc_std"] if v["n"] > 1 and not math.isnan(v["test_acc_std"]) else 0 for v in variants]
+    spread = [i for i, v in enumerate(variants) if v["n"] > 1 and not math.isnan(v["test_acc_std"])]
     sideways = len(names) > 8 or max(map(len, names), default=0) > 24
     if sideways:
         fig, ax = plt.subplots(figsize=(4.5 + 0.06 * max(map(len, names)), 1.5 + 0.4 * len(names)))
-        ax.barh(range(len(names)), means, xerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        ax.barh(range(len(names)), means, color="tab:blue", alpha=0.8)
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.invert_yaxis()  # the first variant (a search's best trial) on top
     else:
         fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(variants) + 2), 4.5))
-        ax.bar(range(len(names)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        ax.bar(range(len(names)), means, color="tab:blue", alpha=0.8)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    if spread:
+        at, middle, width = spread, [means[i] for i in spread], [errors[i] for i in spread]
+        ax.errorbar(*((middle, at) if sideways else (at, middle)), **{"xerr" if sideways else "yerr": width},
+                    fmt="none", ecolor="black", capsize=4)
     # A variant without a result would read as a bar at 0%; a diverged run's accuracy is a result, marked as such.
     for i, v in enumerate(variants):
-        text = "no result" if v["n"] == 0 else f"{v['diverged']} of {v['n']} diverged" if v["diverged"] else None
+        text = ("no result" if v["n"] == 0 else f"{v['diverged']} of {v['n']} diverged" if v["diverged"]
+                else "n=1: no spread" if v["n"] == 1 and not one_run_each else None)
         if text:
-            end = means[i] + (errors[i] if errors else 0)
+            end = means[i] + errors[i]
             ax.annotate(text, (end, i) if sideways else (i, end), xytext=(3, 0) if sideways else (0, 3),
                         textcoords="offset points", ha="left" if sideways else "center",
                         va="center" if sideways else "baseline", fontsize=7, color="tab:red")

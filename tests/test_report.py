@@ -153,6 +153,23 @@ def test_curve_figure_has_labelled_axes_and_one_line_per_variant():
     assert [line.get_label() for line in ax.get_lines()] == ["model=a (n=2)", "model=b (n=1)"]
     assert len(ax.collections) == 1  # the ± std band, only where there are several seeds
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.31, 0.405, 0.51])
+    assert ax.get_title() == ("Validation accuracy per epoch\n"
+                              "mean over seeds, band: ± 1 std (n − 1); n: runs with a value")
+
+
+def test_a_curve_whose_runs_stop_at_different_epochs_says_from_when_it_is_over_fewer(tmp_path):
+    """A run that diverged after epoch 1 leaves epochs 2-3 of its variant's line to the others: the legend and the
+    Curves table say so, where the line would read as over all its runs."""
+    curves = {"val/acc": {"model=b": [{1: 0.3}, {1: 0.35, 2: 0.5, 3: 0.6}, {1: 0.4, 2: 0.55, 3: 0.62}]}}
+    legend = plot_curves(curves["val/acc"], "validation accuracy", "Validation").axes[0].get_lines()[0].get_label()
+    assert legend == "model=b (n=3, 2 from epoch 2)"
+    runs = [run("model=b", 0, 0.1, status="diverged"), run("model=b", 1, 0.6), run("model=b", 2, 0.62)]
+    markdown = summary_markdown(tmp_path, variant_rows(runs, None), runs,
+                                readings=curve_readings(curve_rows(curves)))
+    assert "| model=b (1 of 3 diverged; last epoch over 2 of 3) | 0.6100 (3) | 0.6100 |" in markdown
+    assert "| model=b | completed/diverged (1 of 3 diverged) | 3 | 0.4400 ± 0.2946 |" in markdown
+    assert ("Mean ± sample std (n − 1) over a variant's seeds with a result (n); a diverged run's accuracy counts in "
+            "them and in the test.") in markdown
 
 
 def test_a_short_curve_gets_a_tick_at_each_epoch_and_no_fractional_ones():
@@ -171,7 +188,7 @@ def test_a_diverged_variant_keeps_a_legend_entry_that_says_why_it_has_no_line():
                       notes={"lr=1.0": "2 diverged", "lr=0.5": "1 diverged"}, baseline="lr=0.01")
     legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
     assert legend == ["lr=0.01 (baseline, n=1)", "lr=1.0 (n=2, 2 diverged): no finite value",
-                      "lr=0.5 (n=2, 1 diverged): non-finite values not drawn"]
+                      "lr=0.5 (n=2, 1 diverged, 1 from epoch 2): non-finite values not drawn"]
     assert list(fig.axes[0].get_lines()[2].get_ydata()) == pytest.approx([2.05, 1.6])
 
 
@@ -278,8 +295,10 @@ def test_bar_chart_has_one_bar_per_variant_with_error_bars():
     ax = plot_test_accuracy(rows).axes[0]
     assert len(ax.patches) == 2 and ax.get_ylabel().startswith("test accuracy")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["model=a (baseline)", "model=b"]
-    assert not ax.texts  # nothing to mark
     assert ax.get_ylabel() == "test accuracy (mean ± std over seeds)" and error_bars(ax)
+    (bars,) = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(bars.lines[2][0].get_segments()) == 1  # a's; b's one run has no spread, which a 0-wide bar would claim
+    assert {round(t.xy[0]): t.get_text() for t in ax.texts} == {1: "n=1: no spread"}
 
 
 def test_bar_chart_of_one_run_per_variant_says_so_and_draws_no_error_bars():
@@ -292,7 +311,7 @@ def test_bar_chart_marks_diverged_runs_and_variants_without_a_result():
                          run("lr=1.0", 1, 0.12), run("lr=2.0", 0, None, status="failed")], None)
     ax = plot_test_accuracy(rows).axes[0]
     marks = {round(t.xy[0]): t.get_text() for t in ax.texts}
-    assert marks == {1: "1 of 2 diverged", 2: "no result"}
+    assert marks == {0: "n=1: no spread", 1: "1 of 2 diverged", 2: "no result"}
 
 
 def test_runs_limited_to_part_of_a_split_are_flagged_at_the_top_of_the_summary(tmp_path):
@@ -375,6 +394,33 @@ def test_a_seed_trained_again_under_a_new_name_counts_once(tmp_path):
     with open(tmp_path / "runs.csv") as f:
         repeats = {r["run"]: r["repeats"] for r in csv.DictReader(f)}
     assert repeats["model=a,seed=0"] == "model=a" and repeats["model=a"] == repeats["model=a,seed=1"] == ""
+
+
+def test_runs_that_computed_the_same_config_under_other_names_are_one_variant(tmp_path):
+    import json
+
+    from cifar_ablate.report import write_report
+
+    # `-m optimizer.lr=0.1,0.01`, then `-m optimizer.lr=0.1 seed=0,1` into the same dir: the second command names
+    # its runs seed=0 and seed=1 (what every run of a command shares is left out of the names), though they train
+    # optimizer.lr=0.1, and seed 0 again.
+    runs = [(0, "optimizer.lr=0.1", 0, 0.1, 0.50), (1, "optimizer.lr=0.01", 0, 0.01, 0.60),
+            (0, "seed=0", 0, 0.1, 0.50), (1, "seed=1", 1, 0.1, 0.54)]
+    for num, name, seed, lr, acc in runs:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+        (tmp_path / name / "run_config.json").write_text(json.dumps(
+            {"optimizer.lr": lr, "seed": seed, "model._target_": "LeNet", "(choices)": {}, "(overrides)": [name]}))
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"status": "completed", "test_acc": acc, "best_val_acc": acc, "epochs": 1, "train_seconds": 1.0,
+             "seed": seed}))
+    variants, _, markdown = write_report(tmp_path)
+    rows = {v["variant"]: v for v in variants}
+    assert list(rows) == ["optimizer.lr=0.1", "optimizer.lr=0.01"]  # no "default" row beside its own baseline
+    assert (rows["optimizer.lr=0.1"]["n"], rows["optimizer.lr=0.1"]["runs"]) == (2, 3)  # seed 0 counted once
+    assert rows["optimizer.lr=0.1"]["test_acc_mean"] == pytest.approx(0.52)
+    assert ("Counted as one variant, as their runs computed the same config (run_config.json, seed aside) under "
+            "other names: seed=0, seed=1 (named default) as optimizer.lr=0.1") in markdown
 
 
 def test_curves_follow_the_epochs_the_values_were_logged_in(tmp_path):
