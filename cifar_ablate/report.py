@@ -235,19 +235,19 @@ def matching_variant(baseline: str, variants: list[str]) -> str:
 
 
 def variant_rows(runs: list[dict], baseline: Optional[str], search: bool = False) -> list[dict]:
-    """One row per variant, compared with the baseline (the first variant unless named); for a `search` (trials a
+    """One row per variant, compared with the baseline (the first variant with a result unless named); for a `search` (trials a
     sweeper such as Optuna drew) no baseline and no test, the rows ranked by the objective, best_val_acc."""
     variants: dict[str, list[dict]] = {}
     for r in runs:
         variants.setdefault(r["variant"], []).append(r)
-    if search:
-        baseline = None
-    elif baseline is None:
-        baseline = next(iter(variants), None)
-    else:
-        baseline = matching_variant(baseline, list(variants))
     accuracy = {v: [r["test_acc"] for r in rs if counted(r) and r.get("test_acc") is not None]
                 for v, rs in variants.items()}
+    if search:
+        baseline = None
+    elif baseline is None:  # the first with a result: a failed first variant (lr=-1) would leave nothing tested
+        baseline = next((v for v in variants if accuracy[v]), next(iter(variants), None))
+    else:
+        baseline = matching_variant(baseline, list(variants))
     p_values = {v: math.nan if search or v == baseline else welch_p(accuracy[v], accuracy[baseline])
                 for v in variants}
     adjusted = holm(p_values)
@@ -822,7 +822,7 @@ def write_report(sweep_dir, baseline: Optional[str] = None, strict: bool = False
     except ConfigError as e:
         if strict:
             raise
-        variants, note = variant_rows(runs, None), f"{e}; compared against the first variant instead."
+        variants, note = variant_rows(runs, None), f"{e}; compared against the first variant with a result instead."
     planned = planned_runs(sweep_dir) or []  # read once: the note and the table's layout both use it
     missing = not_started(planned, runs)
     if missing:

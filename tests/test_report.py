@@ -69,6 +69,11 @@ def test_variant_rows_compare_against_the_named_baseline():
         variant_rows([run("model=a", 0, 0.5)], baseline="model=A")
     first = variant_rows(runs, baseline=None)[0]
     assert first["variant"] == "model=a" and first["baseline"]
+    # A first variant without a result (a value refused in its runs) cannot be compared with: the next one is.
+    rows = variant_rows([run("lr=-1", 0, None, status="failed"), run("lr=-1", 1, None, status="failed"),
+                         run("lr=0.01", 0, 0.5), run("lr=0.01", 1, 0.52), run("lr=0.1", 0, 0.7), run("lr=0.1", 1, 0.72)],
+                        baseline=None)
+    assert [r["baseline"] for r in rows] == [False, True, False] and rows[2]["differs"] is True
 
 
 def test_a_baseline_that_names_no_variant_is_refused_by_hand_and_noted_in_a_sweep(tmp_path):
