@@ -341,6 +341,17 @@ def check_one_mode(args: list[str]) -> None:
         hint = "; to see a sweep point's config, give its values without -m" if "--multirun" in modes else ""
         raise UserError(f"{' and '.join(modes)}: give one of --run, --multirun, --cfg, --info, --shell-completion"
                         + hint)
+    if parsed.multirun or parsed.info or parsed.shell_completion:
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    try:
+        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
+    except Exception:  # a malformed override: Hydra's own message names it
+        return
+    sweeps = [o.input_line for o in overrides if o.is_sweep_override()]
+    if sweeps:  # Hydra's refusal is a block of lines ("Ambiguous value for argument")
+        raise UserError(f"{sweeps[0]}: a sweep of values runs with -m (python -m cifar_ablate -m {' '.join(sweeps)} ...); "
+                        "without it a command is one run")
 
 
 def cli() -> None:

@@ -178,6 +178,9 @@ BAD_VALUES = [  # the catalogue in docs/reliability.md
     ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: must be a whole number"),
     ("model=[lenet,lenet_bn]", r"model: a list of options \(model=\[a,b\]\) merges them into one run; to compare "
                                r"them, sweep: -m model=a,b"),
+    # Forgetting -m: Hydra's refusal was a block of lines ("Ambiguous value for argument").
+    ("seed=0,1", r"seed=0,1: a sweep of values runs with -m \(python -m cifar_ablate -m seed=0,1 ...\); without it "
+                 r"a command is one run"),
     ("optimizer.momentum=1.5", r"optimizer.momentum=1.5: must be in \[0, 1\)"),
     ("optimizer.weight_decay=-1e-4", "optimizer.weight_decay=-0.0001: must be >= 0"),
     ("model.dropout=-0.1", r"model.dropout=-0.1: must be in \[0, 1\)"),
