@@ -141,7 +141,29 @@ def epoch_indices(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, w
     return order
 
 
-class TensorBatches:
+class _EpochPosition:
+    """How many batches of which epoch a loader has served: what Lightning saves of a stateful loader in a
+    checkpoint, so a resumed epoch skips what was served before it."""
+
+    def _init_position(self):
+        self.position = {"epoch": -1, "batches": 0}  # batches served so far in that epoch
+        self._resume_at: Optional[dict] = None
+
+    def state_dict(self) -> dict:
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = dict(state)
+
+    def _start_epoch(self, epoch: int) -> int:
+        """Begin serving `epoch`; the number of its batches served before a checkpoint this loader resumes from."""
+        resume_at, self._resume_at = self._resume_at, None
+        skip = resume_at["batches"] if resume_at and resume_at["epoch"] == epoch else 0
+        self.position = {"epoch": epoch, "batches": skip}
+        return skip
+
+
+class TensorBatches(_EpochPosition):
     """Batches of one split drawn from uint8 tensors that already sit on the training device.
 
     Every epoch: a seeded permutation, then per batch one gather, the batched augmentation and the
@@ -161,23 +183,14 @@ class TensorBatches:
         shape = (1, 3, 1, 1)
         self.mean = None if mean is None else torch.tensor(mean, device=images.device).view(shape)
         self.std = None if std is None else torch.tensor(std, device=images.device).view(shape)
-        self.position = {"epoch": -1, "batches": 0}  # batches served so far in that epoch
-        self._resume_at: Optional[dict] = None
+        self._init_position()
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
 
-    def state_dict(self) -> dict:
-        return dict(self.position)
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resume_at = dict(state)
-
     def __iter__(self):
         epoch = self.epoch()
-        resume_at, self._resume_at = self._resume_at, None
-        skip = resume_at["batches"] if resume_at and resume_at["epoch"] == epoch else 0
-        self.position = {"epoch": epoch, "batches": 0}
+        skip = self._start_epoch(epoch)
         order = epoch_indices(len(self.images), self.shuffle, self.seed, epoch, self.rank, self.world_size)
         order = order.to(self.images.device)
         generator = None
@@ -250,27 +263,16 @@ class _EpochSampler(Sampler):
         return iter([(i, seeds[i]) for i in order[skip:]])
 
 
-class _ResumableDataLoader(DataLoader):
+class _ResumableDataLoader(_EpochPosition, DataLoader):
     """A DataLoader that, as TensorBatches, records how many batches of the epoch it served, so a checkpoint
     saved mid-epoch resumes after them (Lightning saves and restores this state for loaders that have it)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.position = {"epoch": -1, "batches": 0}
-        self._resume_at: Optional[dict] = None
-
-    def state_dict(self) -> dict:
-        return dict(self.position)
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resume_at = dict(state)
+        self._init_position()
 
     def __iter__(self):
-        epoch = self.sampler.epoch()
-        resume_at, self._resume_at = self._resume_at, None
-        skip = resume_at["batches"] if resume_at and resume_at["epoch"] == epoch else 0
-        self.sampler.skip = skip * self.batch_size
-        self.position = {"epoch": epoch, "batches": skip}
+        self.sampler.skip = self._start_epoch(self.sampler.epoch()) * self.batch_size
         for batch in super().__iter__():
             self.position["batches"] += 1
             yield batch
